@@ -1,0 +1,1 @@
+"""Module, step and trigger types as spec values; see `specs` and `builtins`."""
