@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,11 @@ class ModuleRef:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowRef:
+    """Field metadata: the field names a workflow of the same config."""
+
+
+@dataclass(frozen=True, slots=True)
 class NestedSteps:
     """Field metadata: the field holds a list of steps (or a mapping of names to step lists)."""
 
@@ -29,7 +35,7 @@ class ModuleSpec:
 
     type: str
     kind: str
-    config_model: type[BaseModel]
+    config_model: builtins.type[BaseModel]
     factory: Callable[..., Any]
     summary: str
 
@@ -38,8 +44,9 @@ class ModuleSpec:
 class StepSpec:
     """A step type, recognised in YAML by its `key` (usually the name; `then` for `if`).
 
-    `shorthand` names the config field a scalar value fills (`call: pricing`); `siblings` are extra
-    top-level keys of the step that belong to its config (`with` for `call`, `else` for `if`).
+    `shorthand` names the config field a non-mapping value fills (`call: pricing`, `log: "text"`);
+    `value_field` names the field the value always fills, mapping or not (`set: {a: 1}`); `siblings` are
+    extra top-level keys of the step that belong to its config (`with` for `call`, `else` for `if`).
     """
 
     name: str
@@ -48,6 +55,7 @@ class StepSpec:
     summary: str
     key: str = ""
     shorthand: str | None = None
+    value_field: str | None = None
     siblings: tuple[str, ...] = ()
 
     @property
