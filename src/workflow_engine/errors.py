@@ -56,6 +56,7 @@ class StepError(WorkflowEngineError):
     """A step failed; `step` names it."""
 
     code = "step_failed"
+    retryable = True
 
     def __init__(
         self,
@@ -105,6 +106,14 @@ class ValidationFailedError(StepError):
 
     code = "validation_failed"
     http_status = 400
+    retryable = False
+
+
+class FailError(StepError):
+    """A `fail` step ended the workflow on purpose (optionally with a 4xx status for HTTP callers)."""
+
+    code = "failed"
+    retryable = False
 
 
 class AdmissionError(WorkflowEngineError):

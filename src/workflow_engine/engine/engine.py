@@ -1,0 +1,164 @@
+"""The engine: wires modules, runtime and triggers from an AppConfig; runs them; shuts down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from workflow_engine.config.models import AppConfig
+from workflow_engine.engine.supervisor import ModuleSupervisor
+from workflow_engine.modules.base import Module, ModuleContext
+from workflow_engine.modules.eventbus.memory import EventBus
+from workflow_engine.modules.http.client import HttpClient, HttpClientConfig
+from workflow_engine.observability.health import Health
+from workflow_engine.observability.loop_monitor import LoopMonitor
+from workflow_engine.observability.management import ManagementServer
+from workflow_engine.observability.memory import publish_memory_limit
+from workflow_engine.observability.metrics import Metrics
+from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime.execution import Execution
+from workflow_engine.runtime.program import compile_program
+from workflow_engine.runtime.runtime import Runtime
+from workflow_engine.runtime.step import Services
+from workflow_engine.triggers.base import Wiring
+
+log = structlog.get_logger("workflow_engine.engine")
+
+MODULE_STOP_TIMEOUT = 15.0
+
+
+class Engine:
+    """One running application. Build it, `await run()`, call `request_stop()` (SIGTERM does) to end it."""
+
+    def __init__(
+        self,
+        app: AppConfig,
+        registry: Registry,
+        *,
+        metrics: Metrics | None = None,
+        mgmt_address: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics or Metrics()
+        self.program = compile_program(app, registry)
+        self.loop_monitor = LoopMonitor(self.metrics, app.engine.loop_lag_interval)
+        self.health = Health(self.loop_monitor)
+        self.bus = EventBus()
+        self.runtime = Runtime(self.program, self.metrics)
+        self.modules: dict[str, Module] = {}
+        self.supervisors: dict[str, ModuleSupervisor] = {}
+        self.mgmt_address = mgmt_address or app.engine.management.address
+        self.management: ManagementServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        config_dir = str(Path(app.source_file).parent) if app.source_file else "."
+        for mdef in app.modules:
+            spec = registry.modules[mdef.type]
+            ctx = ModuleContext(mdef.name, self.metrics, self.modules, self._spawn, config_dir)
+            self.modules[mdef.name] = module = spec.factory(mdef.name, mdef.config, ctx)
+            self.supervisors[mdef.name] = ModuleSupervisor(module, spec.kind, mdef.depends_on, self.health)
+        self.wiring = Wiring(self.runtime, self.modules, self.bus, self.metrics)
+        for workflow in self.program.values():
+            if workflow.trigger is not None:
+                workflow.trigger.attach(self.wiring)
+        env = os.environ if environ is None else environ
+        self.template_env = {name: env[name] for name in app.engine.template_env if name in env}
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `request_stop()`; then drain and stop everything in order."""
+        publish_memory_limit(self.metrics, self.app.engine.memory_limit)
+        if self.app.engine.management.enabled:
+            self.management = ManagementServer(self.mgmt_address, self.metrics, self.health)
+            await self.management.start()
+        http_default = HttpClient.standalone("default", HttpClientConfig(), self.metrics)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                await http_default.start()
+                await self._start(http_default)
+                await self._stop.wait()
+                await self._shutdown()
+        finally:
+            self._group = None
+            await http_default.stop()
+            if self.management is not None:
+                await self.management.stop()
+        log.info("engine stopped", app=self.app.name)
+
+    async def _start(self, http_default: HttpClient) -> None:
+        self._spawn(self.loop_monitor.run(), "loop-monitor")
+        self.bus.start(self._spawn)
+        services = Services(self.metrics, self.bus, self.modules, self.runtime, http_default, self.template_env)
+        self.runtime.start(services, self._spawn)
+        for name, supervisor in self.supervisors.items():
+            self._spawn(supervisor.run(self.supervisors), f"start:{name}")
+        for workflow in self.program.values():
+            trigger = workflow.trigger
+            if trigger is not None and trigger.has_loop:
+                self._spawn(trigger.run(self.wiring), f"trigger:{trigger.kind}:{workflow.name}")
+        self.started.set()
+        log.info("engine started", app=self.app.name, modules=len(self.modules), workflows=len(self.program))
+
+    def request_stop(self) -> None:
+        """Begin the shutdown sequence (safe to call more than once, from a signal handler too)."""
+        self.health.set_draining(True)
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        grace = self.app.engine.shutdown_grace
+        log.info("shutting down: intake stopped, draining executions", grace_seconds=grace,
+                 running=len(self.runtime.live))
+        self.health.set_draining(True)
+        self.runtime.accepting = False
+        for task in list(self._tasks):
+            if task.get_name().startswith("trigger:"):
+                task.cancel()
+        await self.runtime.drain(grace)
+        for name in reversed(list(self.supervisors)):
+            await self.supervisors[name].stop(MODULE_STOP_TIMEOUT)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- task ownership --------------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run `coro` in the engine's task group; a crash is logged and marks its module failed."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError(f"task '{name}' spawned while the engine is not running")
+        task = self._group.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # supervision boundary: one crashed task must not take the engine down
+            log.error("task crashed", task=name, error=exc)
+            owner = self.supervisors.get(name.split(":", 1)[0])
+            if owner is not None:
+                owner.failed(exc)
+            return None
+
+    # -- manual start ----------------------------------------------------------------------------------------
+
+    async def start_execution(self, workflow: str, input: Any = None, *, wait: bool = False) -> Execution:
+        """Start `workflow` by hand (the `manual` trigger); with `wait`, return once it finished."""
+        execution = self.runtime.admit(workflow, input, trigger="manual")
+        if wait:
+            await asyncio.shield(execution.done)
+        return execution
+

@@ -1,0 +1,29 @@
+"""The built-in module, step and trigger types, listed in one place."""
+
+from __future__ import annotations
+
+from workflow_engine.modules.http import client as http_client
+from workflow_engine.modules.http import server as http_server
+from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime.steps import control, data, flow, http
+from workflow_engine.triggers import event, manual, schedule
+from workflow_engine.triggers import http as http_trigger
+
+MODULES = (http_server.SPEC, http_client.SPEC)
+STEPS = (
+    data.SET, data.TRANSFORM, data.VALIDATE, http.HTTP, flow.PUBLISH, control.IF, control.SWITCH,
+    control.FOREACH, control.PARALLEL, flow.WORKFLOW, flow.RESPOND, flow.LOG, flow.FAIL, flow.SLEEP,
+)
+TRIGGERS = (http_trigger.SPEC, schedule.SPEC, event.SPEC, manual.SPEC)
+
+
+def default_registry() -> Registry:
+    """A new registry holding every built-in type."""
+    registry = Registry()
+    for module in MODULES:
+        registry.add_module(module)
+    for step in STEPS:
+        registry.add_step(step)
+    for trigger in TRIGGERS:
+        registry.add_trigger(trigger)
+    return registry

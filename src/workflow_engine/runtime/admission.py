@@ -1,0 +1,86 @@
+"""Admission control per workflow: at most `concurrency` running, at most `queue_size` waiting, never more."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+
+from workflow_engine.errors import QueueFullError
+from workflow_engine.runtime.execution import Execution
+
+
+class Gate:
+    """Concurrency slots and a bounded FIFO queue for one workflow type."""
+
+    __slots__ = ("_space_waiters", "active", "concurrency", "queue", "queue_size", "recent_seconds", "workflow")
+
+    def __init__(self, workflow: str, concurrency: int, queue_size: int) -> None:
+        self.workflow = workflow
+        self.concurrency = concurrency
+        self.queue_size = queue_size
+        self.active = 0
+        self.queue: deque[Execution] = deque()
+        self._space_waiters: deque[asyncio.Future[None]] = deque()
+        # Exponential average of execution time, used for an honest Retry-After.
+        self.recent_seconds = 1.0
+
+    def offer(self, execution: Execution) -> bool:
+        """Take `execution`: True when it may run now, False when queued; QueueFullError when neither."""
+        if self.active < self.concurrency and not self.queue:
+            self.active += 1
+            return True
+        if len(self.queue) < self.queue_size:
+            self.queue.append(execution)
+            return False
+        raise QueueFullError(self.workflow, self.retry_after())
+
+    def has_room(self) -> bool:
+        return self.active < self.concurrency or len(self.queue) < self.queue_size
+
+    async def wait_for_room(self) -> None:
+        """Wait until `offer` would not refuse (used by triggers that apply back-pressure)."""
+        while not self.has_room():
+            waiter = asyncio.get_running_loop().create_future()
+            self._space_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._space_waiters:
+                    self._space_waiters.remove(waiter)
+
+    def release(self, seconds: float) -> Execution | None:
+        """A running execution finished: the next queued one takes its slot (returned), else the slot frees."""
+        self.recent_seconds = 0.9 * self.recent_seconds + 0.1 * seconds
+        nxt = self.queue.popleft() if self.queue else None
+        if nxt is None:
+            self.active -= 1
+        self._wake_one()
+        return nxt
+
+    def remove_queued(self, execution: Execution) -> bool:
+        """Drop a queued execution (cancelled before it started)."""
+        try:
+            self.queue.remove(execution)
+        except ValueError:
+            return False
+        self._wake_one()
+        return True
+
+    def drain_queue(self) -> list[Execution]:
+        """Empty the queue (shutdown); the caller settles the executions."""
+        items = list(self.queue)
+        self.queue.clear()
+        return items
+
+    def retry_after(self) -> int:
+        """Seconds a refused caller should wait: roughly how long the queue takes to move one slot."""
+        per_slot = self.recent_seconds / max(self.concurrency, 1)
+        return max(1, min(60, math.ceil(per_slot * max(len(self.queue), 1))))
+
+    def _wake_one(self) -> None:
+        while self._space_waiters:
+            waiter = self._space_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

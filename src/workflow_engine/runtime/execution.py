@@ -1,0 +1,126 @@
+"""One execution of a workflow: identity, state, result, and the futures its callers wait on."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workflow_engine.errors import WorkflowEngineError
+
+
+class ExecutionStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.ERROR, ExecutionStatus.CANCELLED})
+
+
+@dataclass(slots=True)
+class Response:
+    """What a `respond` step (or the workflow's output) answers an HTTP caller."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Execution:
+    """A workflow execution. `done` resolves when it finishes; `responded` when a response is known."""
+
+    __slots__ = (
+        "attempt",
+        "cancel_requested",
+        "created_at",
+        "done",
+        "error",
+        "exception",
+        "finished_at",
+        "id",
+        "input",
+        "output",
+        "parent_id",
+        "responded",
+        "response",
+        "started_at",
+        "status",
+        "steps",
+        "task",
+        "trigger",
+        "workflow",
+    )
+
+    def __init__(self, id: str, workflow: str, input: Any, trigger: str, parent_id: str | None = None) -> None:
+        self.id = id
+        self.workflow = workflow
+        self.input = input
+        self.trigger = trigger
+        self.parent_id = parent_id
+        self.status = ExecutionStatus.QUEUED
+        self.attempt = 1
+        self.output: Any = None
+        self.error: dict[str, Any] | None = None
+        self.exception: BaseException | None = None
+        self.response: Response | None = None
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.steps: dict[str, dict[str, Any]] = {}
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.responded: asyncio.Future[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def set_response(self, response: Response) -> None:
+        """Record the response once; later `respond` steps do not change what the caller got."""
+        if self.response is None:
+            self.response = response
+            if self.responded is not None and not self.responded.done():
+                self.responded.set_result(None)
+
+    async def wait_response(self) -> None:
+        """Wait until a `respond` step ran or the execution finished."""
+        if self.response is not None or self.finished:
+            return
+        if self.responded is None:
+            self.responded = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self.responded, self.done], return_when=asyncio.FIRST_COMPLETED)
+
+    def finish(self, status: ExecutionStatus, output: Any = None, exc: BaseException | None = None) -> None:
+        self.status = status
+        self.output = output
+        self.finished_at = time.time()
+        if exc is not None:
+            self.exception = exc
+            self.error = error_dict(exc)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready view of the execution."""
+        return {
+            "id": self.id, "workflow": self.workflow, "status": str(self.status), "trigger": self.trigger,
+            "attempt": self.attempt, "input": self.input, "output": self.output, "error": self.error,
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "parent_id": self.parent_id,
+        }
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    """The JSON form of an error: stable code, message, and the step when known."""
+    if isinstance(exc, WorkflowEngineError):
+        return exc.to_dict()
+    if isinstance(exc, asyncio.CancelledError):
+        return {"code": "cancelled", "message": "execution was cancelled"}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}

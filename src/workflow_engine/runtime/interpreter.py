@@ -1,0 +1,116 @@
+"""The step interpreter: runs step nodes in order with guard, timeout, retry and continue_on_error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from workflow_engine.errors import StepError, StepTimeoutError, WorkflowEngineError
+from workflow_engine.runtime.execution import error_dict
+from workflow_engine.runtime.retry import retry_delay
+from workflow_engine.runtime.step import Scope, StepContext, StepNode, step_deadline
+from workflow_engine.runtime.templates import truthy
+
+
+async def run_nodes(nodes: Sequence[StepNode], ctx: StepContext, scope: Scope) -> Any:
+    """Run `nodes` in order; the output of the last step that ran is the result."""
+    output: Any = None
+    for node in nodes:
+        output = await run_node(node, ctx, scope)
+    return output
+
+
+async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
+    """Run one step with its common behaviour and record its result in `scope['steps']`."""
+    if node.guard is not None and node.kind != "if" and not truthy(node.guard.render(scope)):
+        if node.record:
+            scope["steps"][node.id] = {"output": None, "status": "skipped"}
+        return None
+    bus = ctx.services.bus
+    if bus.wants("step.started"):
+        await bus.publish("step.started", _step_event(ctx, node, "started"))
+    started = time.perf_counter()
+    try:
+        output = await _attempts(node, ctx, scope)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = _as_step_error(exc, node)
+        await _step_failed(node, ctx, scope, error, started)
+        if not node.continue_on_error:
+            raise error from exc
+        return None
+    if node.record:
+        scope["steps"][node.id] = {"output": output, "status": "success"}
+    if bus.wants("step.completed"):
+        event = _step_event(ctx, node, "completed", seconds=time.perf_counter() - started)
+        await bus.publish("step.completed", event)
+    return output
+
+
+async def _attempts(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
+    attempts = node.retry.attempts if node.retry else 1
+    attempt = 1
+    while True:
+        try:
+            return await _attempt(node, ctx, scope)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt >= attempts or not getattr(exc, "retryable", True) or node.retry is None:
+                raise
+            delay = retry_delay(node.retry, attempt)
+            ctx.log.warning("step attempt failed, retrying", step=node.id, attempt=attempt,
+                            delay=round(delay, 3), error=exc)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+async def _attempt(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
+    if node.timeout is None:
+        return await node.step.run(ctx, scope)
+    token = step_deadline.set(asyncio.get_running_loop().time() + node.timeout)
+    try:
+        async with asyncio.timeout(node.timeout):
+            return await node.step.run(ctx, scope)
+    except TimeoutError as exc:
+        raise StepTimeoutError(
+            f"step '{node.id}' timed out after {node.timeout:g}s", step=node.id
+        ) from exc
+    finally:
+        step_deadline.reset(token)
+
+
+def _as_step_error(exc: Exception, node: StepNode) -> WorkflowEngineError:
+    if isinstance(exc, StepError):
+        if exc.step is None:
+            exc.step = node.id
+        return exc
+    if isinstance(exc, WorkflowEngineError):
+        return exc
+    return StepError(f"step '{node.id}' ({node.kind}) failed: {type(exc).__name__}: {exc}", step=node.id,
+                     code="internal_error")
+
+
+async def _step_failed(
+    node: StepNode, ctx: StepContext, scope: Scope, error: WorkflowEngineError, started: float
+) -> None:
+    details = error_dict(error)
+    if node.record:
+        scope["steps"][node.id] = {"output": None, "status": "error", "error": details}
+    log = ctx.log.warning if node.continue_on_error else ctx.log.error
+    log("step failed", step=node.id, step_kind=node.kind, error_code=details["code"],
+        error={"type": type(error).__name__, "message": error.message},
+        continue_on_error=node.continue_on_error)
+    bus = ctx.services.bus
+    if bus.wants("step.failed"):
+        event = _step_event(ctx, node, "failed", seconds=time.perf_counter() - started, error=details)
+        await bus.publish("step.failed", event)
+
+
+def _step_event(ctx: StepContext, node: StepNode, status: str, **extra: Any) -> dict[str, Any]:
+    execution = ctx.execution
+    return {"execution_id": execution.id, "workflow": execution.workflow, "step": node.id, "kind": node.kind,
+            "status": status, **extra}

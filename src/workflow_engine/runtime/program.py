@@ -1,0 +1,62 @@
+"""Compile a validated `AppConfig` into runnable workflows: step nodes with templates compiled once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflow_engine.config.issues import Issue
+from workflow_engine.config.models import AppConfig, StepDef, WorkflowDef
+from workflow_engine.errors import ConfigError
+from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime.step import StepBuilder, StepNode
+from workflow_engine.runtime.templates import TemplateCompiler
+from workflow_engine.triggers.base import Trigger, TriggerBuilder
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    name: str
+    defn: WorkflowDef
+    steps: tuple[StepNode, ...]
+    on_error: tuple[StepNode, ...]
+    trigger: Trigger | None
+
+    @property
+    def timeout(self) -> float | None:
+        return self.defn.timeout
+
+
+def compile_program(
+    app: AppConfig, registry: Registry, compiler: TemplateCompiler | None = None
+) -> dict[str, CompiledWorkflow]:
+    """Every workflow of `app` compiled; template errors raise one ConfigError with all of them."""
+    compiler = compiler or TemplateCompiler()
+    issues: list[Issue] = []
+    program: dict[str, CompiledWorkflow] = {}
+
+    def build(defs: tuple[StepDef, ...]) -> list[StepNode]:
+        return [build_node(defn) for defn in defs]
+
+    def build_node(defn: StepDef) -> StepNode:
+        spec = registry.steps[defn.kind]
+        builder = StepBuilder(defn, compiler, issues, build, app.workflows)
+        step = spec.factory(defn.config, builder)
+        common = defn.common
+        guard = None
+        if common.if_ is not None:
+            guard = (builder.expression(common.if_, "if") if isinstance(common.if_, str)
+                     else compiler.compile(common.if_))
+        return StepNode(
+            id=defn.id, kind=defn.kind, step=step, guard=guard, timeout=common.timeout, retry=common.retry,
+            continue_on_error=common.continue_on_error, path=defn.path,
+        )
+
+    for name, wf in app.workflows.items():
+        trigger = None
+        if wf.trigger is not None:
+            tspec = registry.triggers[wf.trigger.kind]
+            trigger = tspec.factory(wf.trigger.config, TriggerBuilder(name, wf.trigger, compiler, issues))
+        program[name] = CompiledWorkflow(name, wf, tuple(build(wf.steps)), tuple(build(wf.on_error)), trigger)
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: (i.location.line, i.location.col)))
+    return program

@@ -1,0 +1,124 @@
+"""The step contract: a `Step` runs with the execution's context and scope; a `StepNode` adds common behaviour."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from workflow_engine.config.issues import Issue
+from workflow_engine.config.models import RetryConfig, StepDef
+from workflow_engine.runtime.templates import TemplateCompiler, TemplateSyntaxIssue, Value
+
+if TYPE_CHECKING:
+    import structlog
+
+    from workflow_engine.modules.base import Module
+    from workflow_engine.modules.eventbus.memory import EventBus
+    from workflow_engine.modules.http.client import HttpClient
+    from workflow_engine.observability.metrics import Metrics
+    from workflow_engine.runtime.execution import Execution
+    from workflow_engine.runtime.runtime import Runtime
+
+Scope = dict[str, Any]
+
+# Deadline (loop time) of the step attempt running in this task, so operations can tell a timeout apart.
+step_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("step_deadline", default=None)
+
+
+@dataclass
+class Services:
+    """Engine-wide things steps use, resolved at wiring time."""
+
+    metrics: Metrics
+    bus: EventBus
+    modules: dict[str, Module]
+    runtime: Runtime
+    http_default: HttpClient | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StepContext:
+    """What a running step sees: its execution, the engine services, and a bound logger."""
+
+    execution: Execution
+    services: Services
+    log: structlog.typing.FilteringBoundLogger
+
+
+class Step:
+    """Base class of step implementations."""
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        """Do the step's work and return its output (`steps.<id>.output`)."""
+        raise NotImplementedError  # abstract: every registered step type overrides it
+
+
+@dataclass(slots=True)
+class StepNode:
+    """A step with the behaviour every step shares: guard, timeout, retry, continue_on_error."""
+
+    id: str
+    kind: str
+    step: Step
+    guard: Value | None
+    timeout: float | None
+    retry: RetryConfig | None
+    continue_on_error: bool
+    path: str
+    record: bool = True
+
+
+class StepBuilder:
+    """Handed to step factories: compiles templates (collecting located issues) and builds nested steps."""
+
+    def __init__(
+        self,
+        defn: StepDef,
+        compiler: TemplateCompiler,
+        issues: list[Issue],
+        build_children: Callable[[tuple[StepDef, ...]], list[StepNode]],
+        workflows: Mapping[str, Any],
+    ) -> None:
+        self.defn = defn
+        self.compiler = compiler
+        self.issues = issues
+        self._build_children = build_children
+        self.workflows = workflows
+
+    def compile(self, value: Any, field_name: str) -> Value:
+        """Compile a config value; a syntax error becomes an issue located at the step."""
+        try:
+            return self.compiler.compile(value, field_name)
+        except TemplateSyntaxIssue as exc:
+            self._issue(exc)
+            return self.compiler.compile(None)
+
+    def expression(self, source: str, field_name: str) -> Value:
+        """Compile a condition or expression (braces optional)."""
+        try:
+            return self.compiler.expression(source, field_name)
+        except TemplateSyntaxIssue as exc:
+            self._issue(exc)
+            return self.compiler.compile(None)
+
+    def children(self, key: str) -> list[StepNode]:
+        """The built steps of the nested list `key` (`then`, `do`, `cases.x`...); empty when absent."""
+        return self._build_children(self.defn.children.get(key, ()))
+
+    def children_with_prefix(self, prefix: str) -> dict[str, list[StepNode]]:
+        """Nested lists keyed `prefix.<name>`, by name."""
+        start = prefix + "."
+        return {
+            key[len(start):]: self._build_children(defs)
+            for key, defs in self.defn.children.items() if key.startswith(start)
+        }
+
+    def issue(self, field_name: str, message: str) -> None:
+        """Report a problem with this step's config, located at the step."""
+        self.issues.append(Issue(self.defn.location, f"{self.defn.path}.{field_name}", message))
+
+    def _issue(self, exc: TemplateSyntaxIssue) -> None:
+        self.issues.append(Issue(self.defn.location, f"{self.defn.path}.{exc.path}", exc.message))

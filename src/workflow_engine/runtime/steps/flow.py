@@ -1,0 +1,157 @@
+"""Flow steps: `respond`, `log`, `fail`, `sleep`, `workflow` (sub-workflow) and `publish` (event bus)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from workflow_engine.config.models import Strict
+from workflow_engine.durations import Duration
+from workflow_engine.errors import FailError, StepError
+from workflow_engine.modules.eventbus.memory import validate_pattern
+from workflow_engine.registry.specs import StepSpec, WorkflowRef
+from workflow_engine.runtime.execution import ExecutionStatus, Response
+from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext
+
+
+class RespondConfig(Strict):
+    status: int | str = Field(200, description="HTTP status (a number or a template).")
+    body: Any = Field(None, description="Response body (templates allowed); JSON unless a string.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra response headers (templates allowed).")
+
+
+class RespondStep(Step):
+    def __init__(self, config: RespondConfig, build: StepBuilder) -> None:
+        self.status = build.compile(config.status, "respond.status")
+        self.body = build.compile(config.body, "respond.body")
+        self.headers = build.compile(config.headers, "respond.headers")
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        status = self.status.render(scope)
+        try:
+            code = int(status)
+        except (TypeError, ValueError) as exc:
+            raise StepError(f"respond status {status!r} is not a number", code="invalid_status") from exc
+        if not 100 <= code <= 599:
+            raise StepError(f"respond status {code} is not an HTTP status", code="invalid_status")
+        body = self.body.render(scope)
+        headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
+        ctx.execution.set_response(Response(code, body, headers))
+        return body
+
+
+class LogConfig(Strict):
+    message: str = Field(description="The log event (template allowed).")
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    fields: dict[str, Any] = Field(default_factory=dict, description="Extra fields (templates allowed).")
+
+
+class LogStep(Step):
+    def __init__(self, config: LogConfig, build: StepBuilder) -> None:
+        self.message = build.compile(config.message, "log.message")
+        self.level = config.level
+        self.fields = build.compile(config.fields, "log.fields")
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        message = self.message.render(scope)
+        fields = self.fields.render(scope)
+        getattr(ctx.log, self.level)(str(message), **fields)
+        return message
+
+
+class FailConfig(Strict):
+    message: str = Field(description="Why the workflow fails (template allowed).")
+    code: str = Field("failed", pattern=r"^[a-z][a-z0-9_]*$", description="Stable error code for callers.")
+    status: int | None = Field(None, ge=400, le=499, description="HTTP status for HTTP callers (4xx); default 500.")
+    details: Any = Field(None, description="Extra error details (templates allowed).")
+
+
+class FailStep(Step):
+    def __init__(self, config: FailConfig, build: StepBuilder) -> None:
+        self.message = build.compile(config.message, "fail.message")
+        self.details = build.compile(config.details, "fail.details")
+        self.code = config.code
+        self.status = config.status or 500
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        raise FailError(str(self.message.render(scope)), code=self.code, http_status=self.status,
+                        details=self.details.render(scope))
+
+
+class SleepConfig(Strict):
+    duration: Duration = Field(description="How long to wait.")
+
+
+class SleepStep(Step):
+    def __init__(self, config: SleepConfig, build: StepBuilder) -> None:
+        self.duration = config.duration
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        await asyncio.sleep(self.duration)
+        return {"slept": self.duration}
+
+
+class SubWorkflowConfig(Strict):
+    name: Annotated[str, WorkflowRef()] = Field(description="The workflow to run.")
+    input: Any = Field(None, description="Its input (templates allowed).")
+    wait: bool = Field(True, description="Wait for it and return its output; otherwise return its execution id.")
+
+
+class SubWorkflowStep(Step):
+    def __init__(self, config: SubWorkflowConfig, build: StepBuilder) -> None:
+        self.name = config.name
+        self.input = build.compile(config.input, "workflow.input")
+        self.wait = config.wait
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        runtime = ctx.services.runtime
+        child = await runtime.admit_waiting(self.name, self.input.render(scope), trigger="workflow",
+                                            parent_id=ctx.execution.id)
+        if not self.wait:
+            return {"execution_id": child.id}
+        try:
+            await asyncio.shield(child.done)
+        except asyncio.CancelledError:
+            runtime.cancel(child.id)  # the parent was cancelled: its waited-for child goes with it
+            raise
+        if child.status is not ExecutionStatus.SUCCESS:
+            error = child.error or {}
+            raise StepError(f"sub-workflow '{self.name}' ({child.id}) failed: {error.get('message')}",
+                            code="subworkflow_failed", details=error)
+        return child.output
+
+
+class PublishConfig(Strict):
+    topic: str = Field(description="Topic to publish to (dot-separated; templates allowed).")
+    message: Any = Field(None, description="The event data (templates allowed).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Event headers (templates allowed).")
+
+
+class PublishStep(Step):
+    def __init__(self, config: PublishConfig, build: StepBuilder) -> None:
+        if "{{" not in config.topic and (problem := validate_pattern(config.topic)):
+            build.issue("publish.topic", problem)
+        self.topic = build.compile(config.topic, "publish.topic")
+        self.message = build.compile(config.message, "publish.message")
+        self.headers = build.compile(config.headers, "publish.headers")
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        topic = str(self.topic.render(scope))
+        headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
+        headers.setdefault("execution_id", ctx.execution.id)
+        delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers)
+        return {"topic": topic, "delivered": delivered}
+
+
+RESPOND = StepSpec("respond", RespondConfig, RespondStep,
+                   "Answer the HTTP caller now (the workflow may go on); the output is the body.")
+LOG = StepSpec("log", LogConfig, LogStep, "Write a structured log line with the execution's context.",
+               shorthand="message")
+FAIL = StepSpec("fail", FailConfig, FailStep, "End the workflow with an error (optionally a 4xx for HTTP callers).",
+                shorthand="message")
+SLEEP = StepSpec("sleep", SleepConfig, SleepStep, "Wait for a duration.", shorthand="duration")
+WORKFLOW = StepSpec("workflow", SubWorkflowConfig, SubWorkflowStep,
+                    "Run another workflow as a child execution; wait for its output or not.", shorthand="name")
+PUBLISH = StepSpec("publish", PublishConfig, PublishStep, "Publish an event on the event bus.")

@@ -1,0 +1,238 @@
+"""Templates: `{{ ... }}` compiled once at load in a sandboxed Jinja2 environment, rendered per execution.
+
+A value that is exactly one `{{ expr }}` keeps its native type; any other string with `{{` renders to a string;
+mappings and lists are compiled item by item and values without templates cost nothing to render.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from jinja2 import ChainableUndefined, TemplateError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from workflow_engine.errors import StepError
+from workflow_engine.ids import uuid7
+
+_SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+
+
+class TemplateSyntaxIssue(Exception):
+    """A template does not compile; `path` is the dotted location inside the compiled value."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _tojson(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+class SandboxEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, but `a.b` on a mapping reads the key first (so `body.items` is data)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict):
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
+def make_environment() -> SandboxEnvironment:
+    """The sandboxed environment: no access to private attributes, no mutation of data in scope."""
+    env = SandboxEnvironment(undefined=ChainableUndefined, autoescape=False, enable_async=False)
+    env.policies["json.dumps_function"] = lambda value, **_: _tojson(value)
+    env.filters["json"] = _tojson
+    env.globals["now"] = lambda: datetime.now(UTC).isoformat()
+    env.globals["timestamp"] = time.time
+    env.globals["uuid"] = uuid7
+    return env
+
+
+class Value:
+    """A compiled config value; `render(scope)` gives its value for one execution."""
+
+    __slots__ = ()
+    is_constant = False
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        raise NotImplementedError  # every subclass renders; this base is never instantiated
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class Const(Value):
+    __slots__ = ("value",)
+    is_constant = True
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+class Expression(Value):
+    """Exactly one `{{ expr }}`: the native value of the expression (undefined → None)."""
+
+    __slots__ = ("fn", "source")
+
+    def __init__(self, fn: Callable[..., Any], source: str) -> None:
+        self.fn = fn
+        self.source = source
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        try:
+            return self.fn(scope)
+        except TemplateError as exc:
+            raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
+
+
+class Text(Value):
+    """A string mixing text and templates: renders to a string."""
+
+    __slots__ = ("render_fn", "source")
+
+    def __init__(self, render_fn: Callable[..., str], source: str) -> None:
+        self.render_fn = render_fn
+        self.source = source
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        try:
+            return self.render_fn(scope)
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
+
+
+class Lookup(Value):
+    """A plain path such as `input.body['items'][0]`: direct dict/list lookups, no template machinery.
+
+    Any miss (absent key, non-container) falls back to the full sandboxed expression, so semantics match it.
+    """
+
+    __slots__ = ("fallback", "keys", "root")
+
+    def __init__(self, root: str, keys: tuple[str | int, ...], fallback: Expression) -> None:
+        self.root = root
+        self.keys = keys
+        self.fallback = fallback
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        try:
+            value = scope[self.root]
+            for key in self.keys:
+                if type(value) is dict or (type(value) is list and type(key) is int):
+                    value = value[key]  # type: ignore[index]
+                else:
+                    return self.fallback.render(scope)
+        except (KeyError, IndexError):
+            return self.fallback.render(scope)
+        return value
+
+
+class MappingValue(Value):
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, Value]]) -> None:
+        self.items = items
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        return {key: value.render(scope) for key, value in self.items}
+
+
+class ListValue(Value):
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Value]) -> None:
+        self.items = items
+
+    def render(self, scope: Mapping[str, Any]) -> Any:
+        return [value.render(scope) for value in self.items]
+
+
+class TemplateCompiler:
+    """Compiles config values into `Value` trees; syntax errors raise `TemplateSyntaxIssue` with a path."""
+
+    def __init__(self, env: SandboxEnvironment | None = None) -> None:
+        self.env = env or make_environment()
+
+    def compile(self, value: Any, path: str = "") -> Value:
+        """Compile any JSON-like value; constants stay constants."""
+        if isinstance(value, str):
+            return self._compile_string(value, path)
+        if isinstance(value, Mapping):
+            items = [(str(k), self.compile(v, f"{path}.{k}" if path else str(k))) for k, v in value.items()]
+            if all(v.is_constant for _, v in items):
+                return Const({k: v.render({}) for k, v in items})
+            return MappingValue(items)
+        if isinstance(value, list | tuple):
+            compiled = [self.compile(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            if all(v.is_constant for v in compiled):
+                return Const([v.render({}) for v in compiled])
+            return ListValue(compiled)
+        return Const(value)
+
+    def expression(self, source: str, path: str = "") -> Value:
+        """Compile a bare expression (no braces needed, braces allowed) such as an `if` condition."""
+        match = _SINGLE.match(source)
+        return self._expression(match.group("expr") if match else source, path)
+
+    def _compile_string(self, text: str, path: str) -> Value:
+        if "{{" not in text and "{%" not in text:
+            return Const(text)
+        match = _SINGLE.match(text)
+        if match and "{{" not in match.group("expr"):
+            return self._expression(match.group("expr"), path)
+        try:
+            template = self.env.from_string(text)
+        except TemplateError as exc:
+            raise TemplateSyntaxIssue(path, f"template syntax error: {exc}") from exc
+        return Text(template.render, text)
+
+    def _expression(self, source: str, path: str) -> Value:
+        try:
+            compiled = self.env.compile_expression(source.strip(), undefined_to_none=True)
+        except TemplateError as exc:
+            raise TemplateSyntaxIssue(path, f"template syntax error in {source.strip()!r}: {exc}") from exc
+        expression = Expression(compiled, source.strip())
+        return _as_lookup(self.env, source, expression) or expression
+
+
+def _as_lookup(env: SandboxEnvironment, source: str, expression: Expression) -> Lookup | None:
+    """A `Lookup` when the expression is only a name followed by constant attribute/item accesses."""
+    tree = env.parse("{{ " + source + " }}")
+    body = tree.body[0] if len(tree.body) == 1 else None
+    if not isinstance(body, nodes.Output) or len(body.nodes) != 1:
+        return None
+    node: nodes.Node = body.nodes[0]
+    keys: list[str | int] = []
+    while not isinstance(node, nodes.Name):
+        if isinstance(node, nodes.Getattr) and not node.attr.startswith("_"):
+            keys.append(node.attr)
+            node = node.node
+        elif (isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+              and isinstance(node.arg.value, str | int) and not str(node.arg.value).startswith("_")):
+            keys.append(node.arg.value)
+            node = node.node
+        else:
+            return None
+    return Lookup(node.name, tuple(reversed(keys)), expression)
+
+
+def truthy(value: Any) -> bool:
+    """Template truth: like Python's, but the strings 'false', 'no', 'off', '0' and '' are false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in {"", "false", "no", "off", "0", "none", "null"}
+    return bool(value)

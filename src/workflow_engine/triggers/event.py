@@ -1,0 +1,49 @@
+"""The `event` trigger: run the workflow for each event-bus event whose topic matches a pattern."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from workflow_engine.config.models import Strict
+from workflow_engine.modules.eventbus.memory import Event, validate_pattern
+from workflow_engine.registry.specs import TriggerSpec
+from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
+
+
+class EventTriggerConfig(Strict):
+    topic: str = Field(description="Topic pattern: `*` matches one token, `>` (last) the rest; e.g. workflow.*")
+    buffer: int = Field(1000, ge=1, description="Events buffered for this workflow before publishers wait.")
+
+    @field_validator("topic")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        problem = validate_pattern(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class EventTrigger(Trigger):
+    kind = "event"
+
+    def __init__(self, workflow: str, config: EventTriggerConfig) -> None:
+        super().__init__(workflow)
+        self.config = config
+
+    def attach(self, wiring: Wiring) -> None:
+        runtime = wiring.runtime
+
+        async def deliver(event: Event) -> None:
+            # Waiting for room (instead of refusing) pushes back on publishers through the bounded buffer.
+            payload = {"topic": event.topic, "data": event.data, "headers": event.headers, "id": event.id}
+            await runtime.admit_waiting(self.workflow, payload, trigger="event")
+
+        wiring.bus.subscribe(self.config.topic, deliver, name=f"workflow:{self.workflow}", buffer=self.config.buffer)
+
+
+def _factory(config: EventTriggerConfig, build: TriggerBuilder) -> EventTrigger:
+    return EventTrigger(build.workflow, config)
+
+
+SPEC = TriggerSpec("event", EventTriggerConfig, _factory,
+                   "Run for each event-bus event matching a topic pattern (including workflow.* lifecycle events).")

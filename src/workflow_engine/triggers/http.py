@@ -1,0 +1,199 @@
+"""The `http` trigger: a route on an `http.server` module that admits an execution per request."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from pydantic import Field, field_validator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from workflow_engine.config.models import Strict
+from workflow_engine.durations import Duration
+from workflow_engine.errors import AdmissionError, QueueFullError, StepError, WorkflowEngineError
+from workflow_engine.modules.http.middleware import MiddlewareConfig
+from workflow_engine.modules.http.server import HttpServer
+from workflow_engine.registry.specs import ModuleRef, TriggerSpec
+from workflow_engine.runtime.execution import Execution, ExecutionStatus
+from workflow_engine.runtime.jsonschema_check import SchemaCheck
+from workflow_engine.runtime.runtime import Runtime
+from workflow_engine.runtime.templates import Value
+from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
+
+JSON = "application/json"
+
+
+class CacheConfig(Strict):
+    ttl: Duration = Field(gt=0, description="How long a cached response is served.")
+    key: str = Field("{{ input.method }} {{ input.path }}?{{ input.query_string }}",
+                     description="Template of the cache key; requests with the same key share a response.")
+    max_entries: int = Field(1000, ge=1, description="Responses kept; the least recently used go first.")
+
+
+class HttpTriggerConfig(Strict):
+    server: Annotated[str, ModuleRef(("http_server",))] = Field(description="The http.server module serving it.")
+    method: str = Field("GET", pattern=r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)$", description="HTTP method.")
+    path: str = Field(pattern=r"^/", description="Route path; `{name}` captures a path parameter.")
+    async_: bool = Field(False, alias="async", description="Answer 202 with the execution id at once.")
+    body_schema: dict[str, Any] | None = Field(None, description="JSON Schema the body must match (else 400).")
+    middleware: MiddlewareConfig | None = Field(None, description="Route middleware (overrides the server's).")
+    cache: CacheConfig | None = Field(None, description="Serve repeated requests from a response cache.")
+
+    @field_validator("body_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and (problem := SchemaCheck.problem(value)):
+            raise ValueError(problem)
+        return value
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response serialised with orjson."""
+    return Response(orjson.dumps(body, default=str), status, headers, media_type=JSON)
+
+
+def error_response(status: int, error: dict[str, Any], execution_id: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"error": error}
+    hdrs = dict(headers or {})
+    if execution_id:
+        body["execution_id"] = execution_id
+        hdrs["X-Execution-Id"] = execution_id
+    return json_response(status, body, hdrs)
+
+
+class ResponseCache:
+    """A bounded LRU of rendered responses with a time to live."""
+
+    def __init__(self, config: CacheConfig, key: Value) -> None:
+        self.ttl = config.ttl
+        self.max_entries = config.max_entries
+        self.key = key
+        self.entries: OrderedDict[str, tuple[float, Response]] = OrderedDict()
+
+    def get(self, key: str) -> Response | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: str, response: Response) -> None:
+        self.entries[key] = (time.monotonic() + self.ttl, response)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+class HttpTrigger(Trigger):
+    kind = "http"
+
+    def __init__(self, workflow: str, config: HttpTriggerConfig, build: TriggerBuilder) -> None:
+        super().__init__(workflow)
+        self.config = config
+        self.schema = SchemaCheck(config.body_schema) if config.body_schema is not None else None
+        self.cache = (ResponseCache(config.cache, build.compile(config.cache.key, "cache.key"))
+                      if config.cache else None)
+        self.runtime: Runtime | None = None
+
+    def attach(self, wiring: Wiring) -> None:
+        server = wiring.modules[self.config.server]
+        assert isinstance(server, HttpServer)
+        self.runtime = wiring.runtime
+        server.add_route(self.config.method, self.config.path, self.handle, self.config.middleware)
+
+    async def handle(self, request: Request) -> Response:
+        """Turn the request into an execution and its result into the response."""
+        runtime = self.runtime
+        assert runtime is not None
+        runtime.count_trigger(self.workflow, "http")
+        payload = await _request_input(request)
+        if isinstance(payload, Response):
+            return payload
+        if self.schema is not None and (errors := self.schema.errors(payload["body"])):
+            return error_response(400, {"code": "validation_failed", "message": "request body is invalid: "
+                                        f"{errors[0]['path']}: {errors[0]['message']}", "details": errors})
+        cache_key = None
+        if self.cache is not None:
+            cache_key = str(self.cache.key.render({"input": payload}))
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                return cached
+        try:
+            execution = runtime.admit(self.workflow, payload, trigger="http", counted=True)
+        except QueueFullError as exc:
+            return error_response(503, exc.to_dict(), headers={"Retry-After": str(exc.retry_after)})
+        except AdmissionError as exc:
+            return error_response(503, exc.to_dict(), headers={"Retry-After": "5"})
+        if self.config.async_:
+            return json_response(202, {"execution_id": execution.id, "status": str(execution.status)},
+                                 {"X-Execution-Id": execution.id, "Location": f"/api/executions/{execution.id}"})
+        await execution.wait_response()
+        response = execution_response(execution)
+        if cache_key is not None and self.cache is not None and 200 <= response.status_code < 300:
+            self.cache.put(cache_key, response)
+        return response
+
+
+async def _request_input(request: Request) -> dict[str, Any] | Response:
+    raw = await request.body()
+    body = _parse_body(raw, request.headers.get("content-type", "")) if raw else None
+    if isinstance(body, Response):
+        return body
+    return {
+        "method": request.method, "path": request.url.path, "params": dict(request.path_params),
+        "query": dict(request.query_params), "query_string": request.url.query,
+        "headers": dict(request.headers), "body": body,
+    }
+
+
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    """JSON when declared (or when it looks like JSON), a mapping for form data, else text."""
+    if "json" in content_type:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, {"code": "invalid_json", "message": f"request body is not valid JSON: {exc}"})
+    if raw[:1] in (b"{", b"["):  # curl -d sends JSON as form data unless told otherwise
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    text = raw.decode("utf-8", "replace")
+    if "application/x-www-form-urlencoded" in content_type:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    return text
+
+
+def execution_response(execution: Execution) -> Response:
+    """The HTTP answer for an execution: its `respond` step, else its output or its error."""
+    headers = {"X-Execution-Id": execution.id}
+    if execution.response is not None:
+        resp = execution.response
+        headers.update(resp.headers)
+        if isinstance(resp.body, str):
+            return Response(resp.body, resp.status, headers, media_type=headers.get("content-type", "text/plain"))
+        return json_response(resp.status, resp.body, headers)
+    if execution.status is ExecutionStatus.SUCCESS:
+        return json_response(200, execution.output, headers)
+    error = execution.error or {"code": "internal_error", "message": "execution failed"}
+    if execution.status is ExecutionStatus.CANCELLED:
+        return error_response(409, error, execution.id)
+    exc = execution.exception
+    status = exc.http_status if isinstance(exc, StepError | WorkflowEngineError) else 500
+    return error_response(status if 400 <= status < 500 else 500, error, execution.id)
+
+
+def _factory(config: HttpTriggerConfig, build: TriggerBuilder) -> HttpTrigger:
+    return HttpTrigger(build.workflow, config, build)
+
+
+SPEC = TriggerSpec("http", HttpTriggerConfig, _factory,
+                   "Serve a route on an http.server module; the respond step or the output is the answer.")
