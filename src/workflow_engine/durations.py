@@ -24,6 +24,8 @@ def parse_duration(value: str | float) -> float:
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value!r}")
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r}: use a number with a unit such as 250ms, 2s, 5m, 1h")
     text = value.strip()
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
@@ -49,6 +51,8 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"invalid size {value!r}")
     if isinstance(value, int):
         return value
+    if not isinstance(value, str):
+        raise ValueError(f"invalid size {value!r}: use bytes or a unit such as 64KB, 1Mi, 512Mi")
     match = _SIZE.match(value.strip())
     if not match:
         raise ValueError(f"invalid size {value!r}: use bytes or a unit such as 64KB, 1Mi, 512Mi")
