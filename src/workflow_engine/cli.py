@@ -33,7 +33,6 @@ def validate(
     """Check config files; print every issue as FILE:LINE:COL: PATH: MESSAGE, exit 1 if any."""
     from workflow_engine.config.validate import load_config
     from workflow_engine.errors import ConfigError
-
     from workflow_engine.runtime.program import compile_program
 
     registry = _load_registry()
