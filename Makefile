@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench docs clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ test: lint
 bench: install
 	$(BIN)/python bench/engine_overhead.py
 	$(BIN)/python bench/http_pipeline.py
+
+docs: install
+	$(BIN)/python -c 'from workflow_engine.registry.builtins import default_registry; from workflow_engine.registry.docs import reference_markdown; print(reference_markdown(default_registry()), end="")' > docs/reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -92,7 +92,9 @@ class StepCommon(Strict):
     if_: str | bool | None = Field(None, alias="if", description="Run the step only when this template is true.")
     timeout: Duration | None = Field(None, description="Deadline for one attempt of the step.")
     retry: RetryConfig | None = Field(None, description="Retry the step on failure.")
-    continue_on_error: bool = Field(False, description="On failure, record the error as output and go on.")
+    continue_on_error: bool = Field(
+        False, description="On failure, record the error as `steps.<id>.error` (status `error`) and go on."
+    )
     description: str = Field("", description="What the step does.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -144,3 +144,11 @@ def _default(info: FieldInfo) -> str:
     if isinstance(value, float) and any(m is d for m in info.metadata for d in _DURATION):
         return f" = {format_duration(value)}"
     return f" = {json.dumps(value, default=str)}"
+
+
+def reference_markdown(registry: Registry) -> str:
+    """The whole type reference as one Markdown page (docs/reference.md)."""
+    parts = [describe_modules(registry), describe_triggers(registry), describe_steps(registry)]
+    body = "\n".join(f"```text\n{part.rstrip()}\n```\n" for part in parts)
+    return ("# Type reference\n\nGenerated from the registry by `make docs` "
+            "(the same text as `workflow modules` and `workflow steps`); do not edit by hand.\n\n" + body)

@@ -100,6 +100,8 @@ async def _step_failed(
     details = error_dict(error)
     if node.record:
         scope["steps"][node.id] = {"output": None, "status": "error", "error": details}
+    if isinstance(error, StepError) and error.step not in (None, node.id):
+        return  # a nested step failed: it was logged and published where it happened
     log = ctx.log.warning if node.continue_on_error else ctx.log.error
     log("step failed", step=node.id, step_kind=node.kind, error_code=details["code"],
         error={"type": type(error).__name__, "message": error.message},

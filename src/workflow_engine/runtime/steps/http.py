@@ -76,11 +76,13 @@ class HttpStep(Step):
             raise
         if breaker is not None:
             (breaker.on_failure if response.status >= 500 else breaker.on_success)()
-        result = {"status": response.status, "headers": response.headers, "body": response.body}
         if self.config.fail_on_status and response.status >= 400:
-            raise StepError(f"{self.method} {self.url.render(scope)} answered {response.status}",
-                            code="http_status", details=result)
-        return result
+            error = StepError(f"{self.method} {self.url.render(scope)} answered {response.status}",
+                              code="http_status", details={"status": response.status, "body": response.body})
+            # A 4xx answer will not change on retry, except "timeout" and "too many requests".
+            error.retryable = response.status >= 500 or response.status in (408, 429)
+            raise error
+        return {"status": response.status, "headers": response.headers, "body": response.body}
 
     def _client(self, ctx: StepContext) -> HttpClient:
         if self.config.client is None:
