@@ -19,7 +19,7 @@ run: install
 	$(BIN)/workflow run $(CONFIG)
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint

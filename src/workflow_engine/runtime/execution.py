@@ -95,7 +95,8 @@ class Execution:
             return
         if self.responded is None:
             self.responded = asyncio.get_running_loop().create_future()
-        await asyncio.wait([self.responded, self.done], return_when=asyncio.FIRST_COMPLETED)
+        # Shielded: a caller that goes away (client disconnect) must not cancel the shared future.
+        await asyncio.shield(self.responded)
 
     def finish(self, status: ExecutionStatus, output: Any = None, exc: BaseException | None = None) -> None:
         self.status = status
@@ -106,6 +107,8 @@ class Execution:
             self.error = error_dict(exc)
         if not self.done.done():
             self.done.set_result(None)
+        if self.responded is not None and not self.responded.done():
+            self.responded.set_result(None)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view of the execution."""
