@@ -121,7 +121,8 @@ class Engine:
         self.health.set_draining(True)
         self.runtime.accepting = False
         for task in list(self._tasks):
-            if task.get_name().startswith("trigger:"):
+            # Schedules stop firing; modules still retrying their start give up (nothing will stop them later).
+            if task.get_name().startswith(("trigger:", "start:")):
                 task.cancel()
         await self.runtime.drain(grace)
         for name in reversed(list(self.supervisors)):
@@ -148,7 +149,8 @@ class Engine:
             raise
         except Exception as exc:  # supervision boundary: one crashed task must not take the engine down
             log.error("task crashed", task=name, error=exc)
-            owner = self.supervisors.get(name.split(":", 1)[0])
+            kind, _, rest = name.partition(":")
+            owner = self.supervisors.get(rest.split(":", 1)[0]) if kind == "module" else None
             if owner is not None:
                 owner.failed(exc)
             return None

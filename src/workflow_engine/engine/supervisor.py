@@ -29,6 +29,7 @@ class ModuleSupervisor:
         self.ready = asyncio.Event()
         self.state = ModuleState.CREATED
         self.attempts = 0
+        self.started = False
         self._set(ModuleState.CREATED, None)
 
     def _set(self, state: ModuleState, detail: str | None) -> None:
@@ -57,14 +58,15 @@ class ModuleSupervisor:
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
+            self.started = True
             self._set(ModuleState.READY, None)
             log.info("module ready", module=self.module.name, kind=self.kind, **self.module.describe())
             self.ready.set()
             return
 
     async def stop(self, limit: float) -> None:
-        """Stop the module if it started (bounded by `limit` seconds)."""
-        if self.state is not ModuleState.READY:
+        """Stop the module if it started, even if it failed since (bounded by `limit` seconds)."""
+        if not self.started:
             self._set(ModuleState.STOPPED, None)
             return
         self._set(ModuleState.STOPPING, None)
@@ -75,6 +77,7 @@ class ModuleSupervisor:
             log.error("module did not stop in time", module=self.module.name, limit=limit)
         except Exception as exc:  # supervision boundary: keep stopping the others
             log.error("module failed to stop", module=self.module.name, error=exc)
+        self.started = False
         self._set(ModuleState.STOPPED, None)
 
     def failed(self, exc: BaseException) -> None:

@@ -77,4 +77,4 @@ class ModuleContext:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
         """Run `coro` as a task owned by the engine's task group; it is cancelled on shutdown."""
-        return self.spawn_task(coro, f"{self.name}:{name}")
+        return self.spawn_task(coro, f"module:{self.name}:{name}")

@@ -44,6 +44,7 @@ class Execution:
         "finished_at",
         "id",
         "input",
+        "lifecycle_events",
         "output",
         "parent_id",
         "responded",
@@ -73,6 +74,7 @@ class Execution:
         self.finished_at: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.cancel_requested = False
+        self.lifecycle_events = True
         self.steps: dict[str, dict[str, Any]] = {}
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()

@@ -29,7 +29,8 @@ async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
             scope["steps"][node.id] = {"output": None, "status": "skipped"}
         return None
     bus = ctx.services.bus
-    if bus.wants("step.started"):
+    events = ctx.execution.lifecycle_events
+    if events and bus.wants("step.started"):
         await bus.publish("step.started", _step_event(ctx, node, "started"))
     started = time.perf_counter()
     try:
@@ -44,7 +45,7 @@ async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
         return None
     if node.record:
         scope["steps"][node.id] = {"output": output, "status": "success"}
-    if bus.wants("step.completed"):
+    if events and bus.wants("step.completed"):
         event = _step_event(ctx, node, "completed", seconds=time.perf_counter() - started)
         await bus.publish("step.completed", event)
     return output
@@ -107,7 +108,7 @@ async def _step_failed(
         error={"type": type(error).__name__, "message": error.message},
         continue_on_error=node.continue_on_error)
     bus = ctx.services.bus
-    if bus.wants("step.failed"):
+    if ctx.execution.lifecycle_events and bus.wants("step.failed"):
         event = _step_event(ctx, node, "failed", seconds=time.perf_counter() - started, error=details)
         await bus.publish("step.failed", event)
 

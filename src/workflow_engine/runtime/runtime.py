@@ -76,10 +76,12 @@ class Runtime:
         counter.inc()
 
     def admit(self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None,
-              counted: bool = False) -> Execution:
+              counted: bool = False, lifecycle_events: bool = True) -> Execution:
         """The one admission function: run now, queue, or refuse (QueueFullError, DrainingError).
 
         `counted` says the trigger already counted the event (it counts on receipt, before its own checks).
+        `lifecycle_events` False keeps the execution from publishing `workflow.*`/`step.*` events (executions
+        started by such events would otherwise feed each other forever).
         """
         if not counted:
             self.count_trigger(workflow, trigger)
@@ -87,6 +89,7 @@ class Runtime:
         if not self.accepting:
             raise DrainingError("engine is shutting down; no new executions are accepted")
         execution = Execution(uuid7(), workflow, input, trigger, parent_id)
+        execution.lifecycle_events = lifecycle_events
         run_now = gate.offer(execution)
         self.live[execution.id] = execution
         self._idle.clear()
@@ -97,12 +100,12 @@ class Runtime:
         return execution
 
     async def admit_waiting(
-        self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None
+        self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None, lifecycle_events: bool = True
     ) -> Execution:
         """Like `admit`, but wait for room in the queue instead of refusing (back-pressure)."""
         gate = self._gate(workflow)
         await gate.wait_for_room()
-        return self.admit(workflow, input, trigger=trigger, parent_id=parent_id)
+        return self.admit(workflow, input, trigger=trigger, parent_id=parent_id, lifecycle_events=lifecycle_events)
 
     def _gate(self, workflow: str) -> Gate:
         gate = self.gates.get(workflow)
@@ -118,6 +121,10 @@ class Runtime:
 
     async def _run(self, execution: Execution) -> None:
         assert self.services is not None
+        if execution.cancel_requested:  # cancelled after it was launched, before its task first ran
+            self._settle_unstarted(execution)
+            self._release(execution, None)
+            return
         workflow = self.workflows[execution.workflow]
         meters = self.meters[execution.workflow]
         execution.status = ExecutionStatus.RUNNING
@@ -180,9 +187,14 @@ class Runtime:
         meters.finished[status.value].inc()
         meters.duration.observe(seconds)
         self._forget(execution)
-        nxt = self.gates[execution.workflow].release(seconds)
+        self._release(execution, seconds)
+
+    def _release(self, execution: Execution, seconds: float | None) -> None:
+        """Free the execution's slot; the next queued execution takes it. `seconds` None: it never ran."""
+        gate = self.gates[execution.workflow]
+        nxt = gate.release(gate.recent_seconds if seconds is None else seconds)
         if nxt is not None:
-            meters.queued.dec()
+            self.meters[execution.workflow].queued.dec()
             self._launch(nxt)
 
     def _forget(self, execution: Execution) -> None:
@@ -196,7 +208,7 @@ class Runtime:
     async def _lifecycle(self, topic: str, execution: Execution) -> None:
         assert self.services is not None
         bus = self.services.bus
-        if bus.wants(topic):
+        if execution.lifecycle_events and bus.wants(topic):
             await bus.publish(topic, {
                 "execution_id": execution.id, "workflow": execution.workflow, "status": str(execution.status),
                 "trigger": execution.trigger, "error": execution.error,
@@ -215,12 +227,14 @@ class Runtime:
         if execution.finished:
             return execution
         execution.cancel_requested = True
-        if execution.status is ExecutionStatus.QUEUED:
+        if execution.task is None:  # waiting in the queue
             if self.gates[execution.workflow].remove_queued(execution):
                 self.meters[execution.workflow].queued.dec()
             self._settle_unstarted(execution)
-        elif execution.task is not None:
+        elif execution.status is ExecutionStatus.RUNNING:
             execution.task.cancel(f"execution {execution_id} cancelled")
+        # else launched but not yet running: a task cancelled before its first step never enters `_run`, which
+        # would leave the slot taken and `done` unresolved; `_run` sees `cancel_requested` and settles it instead.
         return execution
 
     def _settle_unstarted(self, execution: Execution) -> None:
@@ -247,7 +261,7 @@ class Runtime:
             log.warning("cancelling execution still running after shutdown grace", execution_id=execution.id,
                         workflow_type=execution.workflow, task=execution.task.get_name() if execution.task else None)
             execution.cancel_requested = True
-            if execution.task is not None:
+            if execution.task is not None and execution.status is ExecutionStatus.RUNNING:
                 execution.task.cancel("shutdown grace period expired")
         tasks = [e.task for e in running if e.task is not None]
         if tasks:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import structlog
 from pydantic import Field, field_validator
 
 from workflow_engine.config.models import Strict
+from workflow_engine.errors import DrainingError
 from workflow_engine.modules.eventbus.memory import Event, validate_pattern
 from workflow_engine.registry.specs import TriggerSpec
 from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
+
+log = structlog.get_logger("workflow_engine.event")
+
+# Topics the runtime publishes about executions and steps (their data names the workflow).
+LIFECYCLE_TOPICS = frozenset({
+    "workflow.started", "workflow.completed", "workflow.failed", "step.started", "step.completed", "step.failed",
+})
 
 
 class EventTriggerConfig(Strict):
@@ -34,11 +43,24 @@ class EventTrigger(Trigger):
         runtime = wiring.runtime
 
         async def deliver(event: Event) -> None:
+            if _own_lifecycle_event(event, self.workflow):
+                return
             # Waiting for room (instead of refusing) pushes back on publishers through the bounded buffer.
             payload = {"topic": event.topic, "data": event.data, "headers": event.headers, "id": event.id}
-            await runtime.admit_waiting(self.workflow, payload, trigger="event")
+            try:
+                await runtime.admit_waiting(self.workflow, payload, trigger="event",
+                                            lifecycle_events=event.topic not in LIFECYCLE_TOPICS)
+            except DrainingError:
+                log.warning("event not run: the engine is shutting down", workflow_type=self.workflow,
+                            topic=event.topic, event_id=event.id)
 
         wiring.bus.subscribe(self.config.topic, deliver, name=f"workflow:{self.workflow}", buffer=self.config.buffer)
+
+
+def _own_lifecycle_event(event: Event, workflow: str) -> bool:
+    """A lifecycle event of this workflow's own executions: running for it would trigger itself forever."""
+    return (event.topic in LIFECYCLE_TOPICS and isinstance(event.data, dict)
+            and event.data.get("workflow") == workflow)
 
 
 def _factory(config: EventTriggerConfig, build: TriggerBuilder) -> EventTrigger:
