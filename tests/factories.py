@@ -33,7 +33,7 @@ FILE = "app.yaml"
 WAIT_LIMIT = 10.0
 
 
-def app_yaml(workflows: str, *, engine: str = "{shutdown_grace: 2s}") -> str:
+def app_yaml(workflows: str, *, engine: str = "{shutdown_grace: 2s, park_after: 1h}") -> str:
     """A whole config: a fixed header, then `workflows` (YAML text, dedented) under `workflows:`."""
     body = textwrap.indent(textwrap.dedent(workflows).strip("\n"), "  ")
     return f"version: 1\nname: app\nengine: {engine}\nworkflows:\n{body}\n"
@@ -63,7 +63,7 @@ async def running_engine(
     """A started engine for `yaml_text` (own metrics, management on a free port); always stopped on exit."""
     registry = registry or default_registry()
     app = load_app(yaml_text, registry, env)
-    engine = Engine(app, registry, metrics=metrics or Metrics(process=False), mgmt_address="127.0.0.1:0",
+    engine = Engine(app, registry, metrics=metrics or Metrics(process=False), mgmt_address="127.0.0.1:0", store_url="sqlite:///:memory:",
                     environ=dict(env or {}))
     run = asyncio.create_task(engine.run(), name="test-engine")
     started = asyncio.create_task(engine.started.wait())

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+
 if TYPE_CHECKING:
     from workflow_engine.registry.specs import Registry
 
@@ -90,13 +91,16 @@ def run(
     mgmt_addr: Annotated[
         str | None, typer.Option("--mgmt-addr", help="HOST:PORT of the management server (overrides the config).")
     ] = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Store URL, sqlite:///... or postgresql://... (overrides the config).")
+    ] = None,
 ) -> None:
     """Run the application until SIGTERM/SIGINT, then drain running executions and exit 0."""
     from workflow_engine.engine.runner import run as run_engine
     from workflow_engine.errors import ConfigError, WorkflowEngineError
 
     try:
-        run_engine(config, _load_registry(), mgmt_addr=mgmt_addr)
+        run_engine(config, _load_registry(), mgmt_addr=mgmt_addr, store=store)
     except ConfigError as err:
         for issue in err.issues:
             typer.echo(str(issue), err=True)
@@ -105,6 +109,8 @@ def run(
     except WorkflowEngineError as err:
         typer.echo(f"workflow run: {err.message}", err=True)
         raise typer.Exit(1) from None
+
+
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,7 +69,9 @@ def engine_process(config: Path, *, env: Mapping[str, str] | None = None, wait_r
     """Run `workflow run config` with WEB_ADDR/MGMT_ADDR on free ports; stop it (SIGTERM) afterwards."""
     web_port = web_port or free_port()
     mgmt_port = free_port()
-    full_env = {**os.environ, "WEB_ADDR": f"127.0.0.1:{web_port}", **(env or {})}
+    store_dir = tempfile.mkdtemp(prefix="workflow-e2e-")
+    full_env = {**os.environ, "WEB_ADDR": f"127.0.0.1:{web_port}",
+                "WORKFLOW_STORE": f"sqlite:///{store_dir}/workflow.db", **(env or {})}
     with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as log_file:
         log_path = Path(log_file.name)
     with log_path.open("w") as out:
@@ -91,6 +94,7 @@ def engine_process(config: Path, *, env: Mapping[str, str] | None = None, wait_r
                 proc.kill()
                 proc.wait()
         log_path.unlink(missing_ok=True)
+        shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def sample(metrics_text: str, metric: str, /, **labels: str) -> float | None:

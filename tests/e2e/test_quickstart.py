@@ -50,6 +50,7 @@ def test_quickstart_answers_as_the_readme_says() -> None:
         ready = client.get(f"{engine.mgmt}/readyz").json()
         assert ready == {"status": "ready", "draining": False, "components": {
             "catalog-api": {"kind": "http_client", "state": "ready"},
+            "store": {"kind": "store", "state": "ready"},
             "web": {"kind": "http_server", "state": "ready"}}}
         # The published event reached the consuming workflow.
         wait_until(lambda: sample(engine.metrics(), "workflow_executions_total", workflow_type="notify-order",

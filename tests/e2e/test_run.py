@@ -89,7 +89,7 @@ def test_schedule_event_and_async_triggers_run_workflows() -> None:
         assert "order event orders.created for zoe" in engine.logs()
 
 
-def test_sigterm_drains_running_executions_cancels_stragglers_and_exits_zero() -> None:
+def test_sigterm_drains_running_executions_interrupts_stragglers_and_exits_zero() -> None:
     with engine_process(APP, env={"GRACE": "1500ms"}) as engine, httpx.Client(timeout=30) as client:
         results: dict[str, httpx.Response] = {}
         threads = [
@@ -103,13 +103,14 @@ def test_sigterm_drains_running_executions_cancels_stragglers_and_exits_zero() -
         assert engine.stop() == 0
         for thread in threads:
             thread.join()
-        # The short one finished within the grace period; the long one was cancelled after it, by name.
+        # The short one finished within the grace period; the long one (not durable) was cancelled after it,
+        # by name.
         assert results["nap"].status_code == 200
         assert results["nap"].json() == {"slept": True}
         assert results["long"].status_code == 409
         assert results["long"].json()["error"]["code"] == "cancelled"
         logs = engine.logs()
-        assert "cancelling execution still running after shutdown grace" in logs
+        assert "interrupting execution still running after shutdown grace" in logs
         assert "execution:long:" in logs
 
 

@@ -76,7 +76,8 @@ async def test_a_template_error_stops_the_engine_from_being_built() -> None:
             - set: {a: "{{ input.a + }}"}
     """), registry)
     with pytest.raises(ConfigError) as caught:
-        Engine(app, registry, metrics=Metrics(process=False), mgmt_address="127.0.0.1:0")
+        Engine(app, registry, metrics=Metrics(process=False), mgmt_address="127.0.0.1:0",
+               store_url="sqlite:///:memory:")
     assert "workflows.w.steps[0].set.a" in str(caught.value.issues[0])
 
 
@@ -98,7 +99,8 @@ async def test_an_engine_that_cannot_bind_its_management_port_raises_from_run() 
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
-        engine = Engine(app, registry, metrics=Metrics(process=False), mgmt_address=f"127.0.0.1:{port}")
+        engine = Engine(app, registry, metrics=Metrics(process=False), mgmt_address=f"127.0.0.1:{port}",
+                        store_url="sqlite:///:memory:")
         with pytest.raises(ManagementError, match=f"cannot listen on '127.0.0.1:{port}'"):
             await asyncio.wait_for(engine.run(), 10)
         assert not engine.started.is_set()
@@ -110,9 +112,10 @@ async def test_an_engine_that_cannot_bind_its_management_port_raises_from_run() 
 async def test_executions_still_running_at_stop_are_cancelled_after_grace() -> None:
     async with running_engine(app_yaml("""
         w:
+          durable: false   # durable executions are interrupted and left for the next run instead
           steps:
             - sleep: 60s
-    """, engine="{shutdown_grace: 50ms}")) as engine:
+    """, engine="{shutdown_grace: 50ms, park_after: 1h}")) as engine:
         execution = await engine.start_execution("w")
     assert execution.status is ExecutionStatus.CANCELLED
     assert executions(engine.metrics, "w", "cancelled") == 1

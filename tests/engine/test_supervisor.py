@@ -182,7 +182,7 @@ async def test_a_module_is_registered_with_health_before_it_starts() -> None:
     engine = Engine(load_app(app("""
   - name: db
     type: test.probe
-"""), registry), registry, mgmt_address="127.0.0.1:0")
+"""), registry), registry, mgmt_address="127.0.0.1:0", store_url="sqlite:///:memory:")
     ready, body = engine.health.readiness()
     assert ready is False
     assert body["components"]["db"] == {"kind": "probe", "state": ModuleState.CREATED.value}

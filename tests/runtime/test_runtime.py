@@ -49,21 +49,21 @@ async def running(execution: Execution) -> Execution:
 async def test_full_queue_refuses_and_the_gauges_show_running_and_queued() -> None:
     async with running_engine(SLOW) as engine:
         runtime = engine.runtime
-        first = await running(runtime.admit("slow", {}, trigger="manual"))
-        second = runtime.admit("slow", {}, trigger="manual")
+        first = await running(await runtime.admit("slow", {}, trigger="manual"))
+        second = await runtime.admit("slow", {}, trigger="manual")
         assert second.status is ExecutionStatus.QUEUED
         assert gauge(engine, "workflow_queue_depth", "slow") == 1
         assert gauge(engine, "active_workflows", "slow") == 1
         with pytest.raises(QueueFullError) as caught:
-            runtime.admit("slow", {}, trigger="manual")
+            await runtime.admit("slow", {}, trigger="manual")
         assert caught.value.retry_after >= 1
         assert sample(engine.metrics, "trigger_events_total", workflow_type="slow", trigger="manual") == 3
 
-        runtime.cancel(first.id)
+        await runtime.cancel(first.id)
         await running(second)  # the queued execution took the freed slot
         assert gauge(engine, "workflow_queue_depth", "slow") == 0
         assert gauge(engine, "active_workflows", "slow") == 1
-        runtime.cancel(second.id)
+        await runtime.cancel(second.id)
         await wait_done(second)
         assert gauge(engine, "active_workflows", "slow") == 0
         assert executions(engine.metrics, "slow", "cancelled") == 2
@@ -77,7 +77,7 @@ async def test_active_workflows_rises_while_running_and_returns_to_zero() -> Non
             - set: {a: 1}
     """)) as engine:
         assert gauge(engine, "active_workflows", "w") == 0
-        execution = await running(engine.runtime.admit("w", {}, trigger="manual"))
+        execution = await running(await engine.runtime.admit("w", {}, trigger="manual"))
         assert gauge(engine, "active_workflows", "w") == 1
         await wait_done(execution)
         assert gauge(engine, "active_workflows", "w") == 0
@@ -87,8 +87,8 @@ async def test_active_workflows_rises_while_running_and_returns_to_zero() -> Non
 
 async def test_cancel_a_running_execution() -> None:
     async with running_engine(SLOW) as engine:
-        execution = await running(engine.runtime.admit("slow", {}, trigger="manual"))
-        assert engine.runtime.cancel(execution.id) is execution
+        execution = await running(await engine.runtime.admit("slow", {}, trigger="manual"))
+        assert await engine.runtime.cancel(execution.id) is execution
         await wait_done(execution)
         assert execution.status is ExecutionStatus.CANCELLED
         assert execution.error is not None
@@ -101,9 +101,9 @@ async def test_cancel_a_running_execution() -> None:
 
 async def test_cancel_a_queued_execution() -> None:
     async with running_engine(SLOW) as engine:
-        first = await running(engine.runtime.admit("slow", {}, trigger="manual"))
-        queued = engine.runtime.admit("slow", {}, trigger="manual")
-        engine.runtime.cancel(queued.id)
+        first = await running(await engine.runtime.admit("slow", {}, trigger="manual"))
+        queued = await engine.runtime.admit("slow", {}, trigger="manual")
+        await engine.runtime.cancel(queued.id)
         assert queued.status is ExecutionStatus.CANCELLED
         assert queued.done.done()
         assert queued.started_at is None
@@ -111,10 +111,10 @@ async def test_cancel_a_queued_execution() -> None:
         assert executions(engine.metrics, "slow", "cancelled") == 1
         assert first.status is ExecutionStatus.RUNNING
         # Its place in the queue is free again.
-        again = engine.runtime.admit("slow", {}, trigger="manual")
+        again = await engine.runtime.admit("slow", {}, trigger="manual")
         assert again.status is ExecutionStatus.QUEUED
-        engine.runtime.cancel(again.id)
-        engine.runtime.cancel(first.id)
+        await engine.runtime.cancel(again.id)
+        await engine.runtime.cancel(first.id)
         await wait_done(first)
 
 
@@ -126,10 +126,10 @@ async def test_cancel_right_after_admission_runs_no_step() -> None:
             - id: work
               set: {ran: true}
     """)) as engine:
-        cancelled = engine.runtime.admit("w", {}, trigger="manual")
-        engine.runtime.cancel(cancelled.id)
+        cancelled = await engine.runtime.admit("w", {}, trigger="manual")
+        await engine.runtime.cancel(cancelled.id)
         await wait_done(cancelled)
-        later = await wait_done(engine.runtime.admit("w", {}, trigger="manual"))
+        later = await wait_done(await engine.runtime.admit("w", {}, trigger="manual"))
         assert cancelled.status is ExecutionStatus.CANCELLED
         assert cancelled.steps == {}
         assert later.status is ExecutionStatus.SUCCESS  # the slot was given back
@@ -145,12 +145,12 @@ async def test_cancel_of_a_finished_execution_changes_nothing_and_unknown_ids_ar
             - set: {a: 1}
     """)) as engine:
         execution = await engine.start_execution("w", wait=True)
-        assert engine.runtime.cancel(execution.id).status is ExecutionStatus.SUCCESS
+        assert (await engine.runtime.cancel(execution.id)).status is ExecutionStatus.SUCCESS
         with pytest.raises(WorkflowEngineError) as caught:
-            engine.runtime.cancel("no-such-execution")
+            await engine.runtime.cancel("no-such-execution")
         assert caught.value.http_status == 404
         with pytest.raises(UnknownWorkflowError):
-            engine.runtime.admit("nope", {}, trigger="manual")
+            await engine.runtime.admit("nope", {}, trigger="manual")
 
 
 async def test_drain_lets_short_executions_finish_and_cancels_the_rest_after_grace() -> None:
@@ -161,17 +161,18 @@ async def test_drain_lets_short_executions_finish_and_cancels_the_rest_after_gra
             - set: {finished: true}
         long:
           concurrency: 1
+          durable: false   # durable ones are interrupted and left to the next replica, not cancelled
           steps:
             - sleep: 60s
-    """, engine="{shutdown_grace: 1s}")) as engine:
-        short = engine.runtime.admit("short", {}, trigger="manual")
-        long = await running(engine.runtime.admit("long", {}, trigger="manual"))
-        queued = engine.runtime.admit("long", {}, trigger="manual")
+    """, engine="{shutdown_grace: 1s, park_after: 1h}")) as engine:
+        short = await engine.runtime.admit("short", {}, trigger="manual")
+        long = await running(await engine.runtime.admit("long", {}, trigger="manual"))
+        queued = await engine.runtime.admit("long", {}, trigger="manual")
         engine.request_stop()
         await wait_until(lambda: not engine.runtime.accepting, "the runtime stops accepting")
         assert engine.health.readiness()[0] is False
         with pytest.raises(DrainingError):
-            engine.runtime.admit("short", {}, trigger="manual")
+            await engine.runtime.admit("short", {}, trigger="manual")
         for execution in (short, long, queued):
             await wait_done(execution)
         assert short.status is ExecutionStatus.SUCCESS
@@ -190,7 +191,7 @@ async def test_drain_returns_as_soon_as_everything_finished() -> None:
           steps:
             - sleep: 10ms
     """, engine="{shutdown_grace: 60s}")) as engine:
-        execution = engine.runtime.admit("w", {}, trigger="manual")
+        execution = await engine.runtime.admit("w", {}, trigger="manual")
         engine.request_stop()
         await wait_done(execution)
     assert execution.status is ExecutionStatus.SUCCESS

@@ -24,6 +24,7 @@ def trigger(**config: object) -> ScheduleTrigger:
 async def test_every_fires_repeatedly_and_stops_on_shutdown() -> None:
     async with running_engine(app_yaml("""
         tick:
+          durable: false   # cancelled at shutdown (durable ones are left in the store for the next run)
           trigger:
             schedule: {every: 20ms, input: {source: timer}}
           steps:
@@ -32,7 +33,7 @@ async def test_every_fires_repeatedly_and_stops_on_shutdown() -> None:
                 at: "{{ input.scheduled_at }}"
                 source: "{{ input.source }}"
             - sleep: 60s
-    """, engine="{shutdown_grace: 100ms}")) as engine:
+    """, engine="{shutdown_grace: 100ms, park_after: 1h}")) as engine:
         await wait_until(lambda: len(engine.runtime.live) >= 3, "three ticks started executions")
         engine.request_stop()
         await wait_until(lambda: not engine.runtime.accepting, "shutdown began")
@@ -57,7 +58,7 @@ async def test_a_tick_that_finds_the_queue_full_is_counted_but_not_run() -> None
             schedule: {every: 10ms}
           steps:
             - sleep: 60s
-    """, engine="{shutdown_grace: 10ms}")) as engine:
+    """, engine="{shutdown_grace: 10ms, park_after: 1h}")) as engine:
         await wait_until(lambda: ticks(engine) >= 3, "three ticks fired")
         assert len(engine.runtime.live) == 1  # the first tick runs; the others were refused, not queued
 

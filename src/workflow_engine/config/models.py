@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workflow_engine.api.config import ApiConfig
 from workflow_engine.config.issues import Location
 from workflow_engine.durations import ByteSize, Duration
 
@@ -25,6 +26,12 @@ class ManagementConfig(Strict):
     enabled: bool = Field(True, description="Serve the management server.")
 
 
+class RetentionConfig(Strict):
+    max_age: Duration = Field(7 * 86400.0, gt=0, description="Finished executions older than this are deleted.")
+    interval: Duration = Field(60.0, gt=0, description="How often pruning runs.")
+    batch: int = Field(500, ge=1, le=100_000, description="Executions deleted per statement (small batches).")
+
+
 class EngineConfig(Strict):
     store: str = Field("sqlite:///./workflow.db", description="Execution store URL (sqlite:///... or postgresql://...).")
     management: ManagementConfig = Field(default_factory=ManagementConfig,
@@ -41,6 +48,22 @@ class EngineConfig(Strict):
         default_factory=list, description="Environment variables visible to templates as `env.NAME`."
     )
     loop_lag_interval: Duration = Field(0.25, description="How often the event loop lag is sampled.")
+    lease: Duration = Field(
+        15.0, gt=0, description="How long an execution stays owned by a replica that stopped heartbeating."
+    )
+    poll_interval: Duration = Field(
+        0.5, gt=0, description="How often to look for executions to recover or wake (parked timers)."
+    )
+    park_after: Duration = Field(
+        30.0, ge=0, description="In durable workflows, sleeps at least this long park the execution in the store "
+        "(no task, no memory); shorter ones wait in memory, their wake-up time still checkpointed.",
+    )
+    replica_id: str | None = Field(
+        None, description="Stable id of this replica (e.g. a StatefulSet pod name): on start it takes back "
+        "the executions it owned at once instead of waiting for their leases to expire. Must be unique.",
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Pruning of finished executions.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Management API access (bearer tokens).")
 
 
 class ModuleDecl(Strict):
@@ -63,6 +86,9 @@ class WorkflowDecl(Strict):
     concurrency: int = Field(100, ge=1, description="Max executions of this workflow running at once per replica.")
     queue_size: int = Field(
         1000, ge=0, description="Executions waiting for a slot before new ones are refused (HTTP 503)."
+    )
+    durable: bool = Field(
+        True, description="Checkpoint every step (resume after a crash); false keeps only a summary row."
     )
 
 
@@ -142,6 +168,7 @@ class WorkflowDef:
     timeout: float | None
     concurrency: int
     queue_size: int
+    durable: bool
     path: str
     location: Location
 

@@ -241,6 +241,7 @@ class _Checker:
             timeout=wf.timeout,
             concurrency=wf.concurrency,
             queue_size=wf.queue_size,
+            durable=wf.durable,
             path=format_path(path),
             location=self.locator.at(path, key=True),
         )

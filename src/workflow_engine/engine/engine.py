@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
 from workflow_engine.config.models import AppConfig
 from workflow_engine.engine.supervisor import ModuleSupervisor
-from workflow_engine.modules.base import Module, ModuleContext
+from workflow_engine.ids import uuid7
+from workflow_engine.modules.base import Module, ModuleContext, ModuleState
 from workflow_engine.modules.eventbus.memory import EventBus
 from workflow_engine.modules.http.client import HttpClient, HttpClientConfig
 from workflow_engine.observability.health import Health
@@ -21,10 +25,15 @@ from workflow_engine.observability.management import ManagementServer
 from workflow_engine.observability.memory import publish_memory_limit
 from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime import maintenance
 from workflow_engine.runtime.execution import Execution
 from workflow_engine.runtime.program import compile_program
+from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.step import Services
+from workflow_engine.runtime.waiters import Waiters
+from workflow_engine.store.base import SchemaTooNewError, Store
+from workflow_engine.store.factory import open_store_from_url
 from workflow_engine.triggers.base import Wiring
 
 log = structlog.get_logger("workflow_engine.engine")
@@ -43,14 +52,21 @@ class Engine:
         metrics: Metrics | None = None,
         mgmt_address: str | None = None,
         environ: dict[str, str] | None = None,
+        store_url: str | None = None,
     ) -> None:
         self.app = app
+        self.registry = registry
         self.metrics = metrics or Metrics()
         self.program = compile_program(app, registry)
         self.loop_monitor = LoopMonitor(self.metrics, app.engine.loop_lag_interval)
         self.health = Health(self.loop_monitor)
         self.bus = EventBus()
-        self.runtime = Runtime(self.program, self.metrics)
+        self.store: Store = open_store_from_url(store_url or app.engine.store)
+        self.replica = app.engine.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"
+        self.recorder = Recorder(self.store, self.replica, app.engine.lease)
+        self.runtime = Runtime(self.program, self.metrics, self.recorder)
+        self.runtime.poll_interval = app.engine.poll_interval
+        self.runtime.park_after = app.engine.park_after
         self.modules: dict[str, Module] = {}
         self.supervisors: dict[str, ModuleSupervisor] = {}
         self.mgmt_address = mgmt_address or app.engine.management.address
@@ -66,6 +82,7 @@ class Engine:
             self.modules[mdef.name] = module = spec.factory(mdef.name, mdef.config, ctx)
             self.supervisors[mdef.name] = ModuleSupervisor(module, spec.kind, mdef.depends_on, self.health)
         self.wiring = Wiring(self.runtime, self.modules, self.bus, self.metrics)
+        Waiters(self.runtime, self.program).attach(self.bus)
         for workflow in self.program.values():
             if workflow.trigger is not None:
                 workflow.trigger.attach(self.wiring)
@@ -84,6 +101,7 @@ class Engine:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
+                await self._open_store()
                 await http_default.start()
                 await self._start(http_default)
                 await self._stop.wait()
@@ -91,15 +109,46 @@ class Engine:
         finally:
             self._group = None
             await http_default.stop()
+            await self.store.close()
+            self.health.set_component("store", "store", ModuleState.STOPPED)
             if self.management is not None:
                 await self.management.stop()
         log.info("engine stopped", app=self.app.name)
+
+    async def _open_store(self) -> None:
+        """Connect to the store (retrying while it is down, visible in /readyz), migrate, record the config."""
+        backoff = 0.2
+        while True:
+            self.health.set_component("store", "store", ModuleState.STARTING)
+            try:
+                await self.store.open()
+                digest = hashlib.sha256(self.app.source_text.encode()).hexdigest()
+                self.recorder.config_version = await self.store.save_config(self.app.source_text, digest)
+                break
+            except SchemaTooNewError:
+                raise
+            except Exception as exc:  # supervision boundary: the store may come up later
+                self.health.set_component("store", "store", ModuleState.RETRYING, f"{type(exc).__name__}: {exc}")
+                log.warning("store not ready, retrying", store=_redact(self.store.url), error=exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        self.health.set_component("store", "store", ModuleState.READY)
+        log.info("store ready", store=_redact(self.store.url), config_version=self.recorder.config_version,
+                 replica=self.replica)
 
     async def _start(self, http_default: HttpClient) -> None:
         self._spawn(self.loop_monitor.run(), "loop-monitor")
         self.bus.start(self._spawn)
         services = Services(self.metrics, self.bus, self.modules, self.runtime, http_default, self.template_env)
         self.runtime.start(services, self._spawn)
+        engine = self.app.engine
+        if engine.replica_id:  # a restarted replica with a stable id takes its executions back at once
+            taken = await self.store.release_owner(engine.replica_id)
+            log.info("released executions of this replica's previous run", count=taken)
+        self._spawn(self.recorder.write_summaries(), "summary-writer")
+        self._spawn(maintenance.heartbeat(self.runtime, engine.lease / 3), "heartbeat")
+        self._spawn(maintenance.recover(self.runtime, engine.poll_interval), "recovery")
+        self._spawn(maintenance.prune(self.runtime, engine.retention), "retention")
         for name, supervisor in self.supervisors.items():
             self._spawn(supervisor.run(self.supervisors), f"start:{name}")
         for workflow in self.program.values():
@@ -159,8 +208,17 @@ class Engine:
 
     async def start_execution(self, workflow: str, input: Any = None, *, wait: bool = False) -> Execution:
         """Start `workflow` by hand (the `manual` trigger); with `wait`, return once it finished."""
-        execution = self.runtime.admit(workflow, input, trigger="manual")
+        execution = await self.runtime.admit(workflow, input, trigger="manual")
         if wait:
             await asyncio.shield(execution.done)
         return execution
 
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -13,13 +13,16 @@ from workflow_engine.runtime.execution import Execution
 class Gate:
     """Concurrency slots and a bounded FIFO queue for one workflow type."""
 
-    __slots__ = ("_space_waiters", "active", "concurrency", "queue", "queue_size", "recent_seconds", "workflow")
+    __slots__ = (
+        "_space_waiters", "active", "concurrency", "pending", "queue", "queue_size", "recent_seconds", "workflow",
+    )
 
     def __init__(self, workflow: str, concurrency: int, queue_size: int) -> None:
         self.workflow = workflow
         self.concurrency = concurrency
         self.queue_size = queue_size
         self.active = 0
+        self.pending = 0  # admitted, being recorded in the store, not yet running or queued
         self.queue: deque[Execution] = deque()
         self._space_waiters: deque[asyncio.Future[None]] = deque()
         # Exponential average of execution time, used for an honest Retry-After.
@@ -27,16 +30,35 @@ class Gate:
 
     def offer(self, execution: Execution) -> bool:
         """Take `execution`: True when it may run now, False when queued; QueueFullError when neither."""
+        self.reserve()
+        return self.commit(execution)
+
+    def has_room(self) -> bool:
+        return self.active + len(self.queue) + self.pending < self.concurrency + self.queue_size
+
+    def reserve(self) -> None:
+        """Hold a place for an execution while it is recorded; QueueFullError when there is none."""
+        if not self.has_room():
+            raise QueueFullError(self.workflow, self.retry_after())
+        self.pending += 1
+
+    def commit(self, execution: Execution) -> bool:
+        """Turn a reservation into a slot (True: run now) or a queue place (False)."""
+        self.pending -= 1
+        return self.adopt(execution)
+
+    def unreserve(self) -> None:
+        """Give a reservation back (the execution was not recorded, or was a duplicate)."""
+        self.pending -= 1
+        self._wake_one()
+
+    def adopt(self, execution: Execution) -> bool:
+        """Take an execution this replica already owns (recovered or woken): run now (True) or queue it."""
         if self.active < self.concurrency and not self.queue:
             self.active += 1
             return True
-        if len(self.queue) < self.queue_size:
-            self.queue.append(execution)
-            return False
-        raise QueueFullError(self.workflow, self.retry_after())
-
-    def has_room(self) -> bool:
-        return self.active < self.concurrency or len(self.queue) < self.queue_size
+        self.queue.append(execution)
+        return False
 
     async def wait_for_room(self) -> None:
         """Wait until `offer` would not refuse (used by triggers that apply back-pressure)."""

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_engine.errors import WorkflowEngineError
+from workflow_engine.store.records import FINISHED, ExecutionRecord, Status, StepRecord
 
-
-class ExecutionStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCESS = "success"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.ERROR, ExecutionStatus.CANCELLED})
+# One status vocabulary for the runtime and the store.
+ExecutionStatus = Status
 
 
 @dataclass(slots=True)
@@ -37,12 +29,15 @@ class Execution:
     __slots__ = (
         "attempt",
         "cancel_requested",
+        "checkpoints",
+        "config_version",
         "created_at",
         "done",
         "error",
         "exception",
         "finished_at",
         "id",
+        "idempotency_key",
         "input",
         "lifecycle_events",
         "output",
@@ -76,9 +71,29 @@ class Execution:
         self.cancel_requested = False
         self.lifecycle_events = True
         self.steps: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, StepRecord] = {}
+        self.config_version: int | None = None
+        self.idempotency_key: str | None = None
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()
         self.responded: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_record(cls, record: ExecutionRecord) -> Execution:
+        """An execution as the store knows it (one not running here, or to resume here)."""
+        execution = cls(record.id, record.workflow, record.input, record.trigger, record.parent_id)
+        execution.status = record.status
+        execution.attempt = record.attempt
+        execution.output = record.output
+        execution.error = record.error
+        execution.created_at = record.created_at
+        execution.started_at = record.started_at
+        execution.finished_at = record.finished_at
+        execution.config_version = record.config_version
+        execution.idempotency_key = record.idempotency_key
+        if record.status in FINISHED:
+            execution.done.set_result(None)
+        return execution
 
     @property
     def finished(self) -> bool:
@@ -101,12 +116,21 @@ class Execution:
         await asyncio.shield(self.responded)
 
     def finish(self, status: ExecutionStatus, output: Any = None, exc: BaseException | None = None) -> None:
+        """Set the result and wake everyone waiting for it."""
+        self.settle(status, output, exc)
+        self.resolve()
+
+    def settle(self, status: ExecutionStatus, output: Any = None, exc: BaseException | None = None) -> None:
+        """Set the result (recorded in the store before `resolve` tells the callers)."""
         self.status = status
         self.output = output
         self.finished_at = time.time()
         if exc is not None:
             self.exception = exc
             self.error = error_dict(exc)
+
+    def resolve(self) -> None:
+        """Wake the callers waiting for the result or a response."""
         if not self.done.done():
             self.done.set_result(None)
         if self.responded is not None and not self.responded.done():

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from workflow_engine.errors import StepError, StepTimeoutError, WorkflowEngineError
-from workflow_engine.runtime.execution import error_dict
+from workflow_engine.runtime.execution import Response, error_dict
 from workflow_engine.runtime.retry import retry_delay
-from workflow_engine.runtime.step import Scope, StepContext, StepNode, step_deadline
+from workflow_engine.runtime.step import PATH_KEY, Scope, StepContext, StepNode, step_attempt, step_deadline, step_key
 from workflow_engine.runtime.templates import truthy
 
 
@@ -23,16 +23,25 @@ async def run_nodes(nodes: Sequence[StepNode], ctx: StepContext, scope: Scope) -
 
 
 async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
-    """Run one step with its common behaviour and record its result in `scope['steps']`."""
+    """Run one step with its common behaviour and record its result in `scope['steps']` (and, for durable
+    workflows, as a checkpoint in the store before the next step runs)."""
+    key = scope.get(PATH_KEY, "") + node.id if ctx.durable else node.id
+    if ctx.execution.checkpoints:
+        restored = _restore(node, ctx, scope, key)
+        if restored is not _NOT_DONE:
+            return restored
     if node.guard is not None and node.kind != "if" and not truthy(node.guard.render(scope)):
         if node.record:
             scope["steps"][node.id] = {"output": None, "status": "skipped"}
+            await _checkpoint(ctx, key, "skipped", None, None, started_at=time.time())
         return None
     bus = ctx.services.bus
     events = ctx.execution.lifecycle_events
     if events and bus.wants("step.started"):
         await bus.publish("step.started", _step_event(ctx, node, "started"))
     started = time.perf_counter()
+    started_at = time.time()
+    token = step_key.set(key)
     try:
         output = await _attempts(node, ctx, scope)
     except asyncio.CancelledError:
@@ -40,21 +49,61 @@ async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
     except Exception as exc:
         error = _as_step_error(exc, node)
         await _step_failed(node, ctx, scope, error, started)
+        await _checkpoint(ctx, key, "error", None, error_dict(error), started_at=started_at)
         if not node.continue_on_error:
             raise error from exc
         return None
+    finally:
+        step_key.reset(token)
     if node.record:
         scope["steps"][node.id] = {"output": output, "status": "success"}
+    await _checkpoint(ctx, key, "success", output, None, started_at=started_at,
+                      extra=_response_extra(ctx) if node.kind == "respond" else None)
     if events and bus.wants("step.completed"):
         event = _step_event(ctx, node, "completed", seconds=time.perf_counter() - started)
         await bus.publish("step.completed", event)
     return output
 
 
+_NOT_DONE = object()
+
+
+def _restore(node: StepNode, ctx: StepContext, scope: Scope, key: str) -> Any:
+    """The recorded result of a step that completed before a crash or park, or _NOT_DONE."""
+    checkpoint = ctx.execution.checkpoints.get(key)
+    if checkpoint is None:
+        return _NOT_DONE
+    done = checkpoint.status in ("success", "skipped") or (checkpoint.status == "error" and node.continue_on_error)
+    if not done:
+        return _NOT_DONE  # failed, sleeping or waiting: run it (again)
+    entry: dict[str, Any] = {"output": checkpoint.output, "status": checkpoint.status}
+    if checkpoint.error is not None:
+        entry["error"] = checkpoint.error
+    if node.record:
+        scope["steps"][node.id] = entry
+    if node.kind == "respond" and "status" in checkpoint.extra:
+        ctx.execution.set_response(Response(checkpoint.extra["status"], checkpoint.output,
+                                            checkpoint.extra.get("headers", {})))
+    return checkpoint.output
+
+
+async def _checkpoint(ctx: StepContext, key: str, status: str, output: Any, error: dict[str, Any] | None, *,
+                      started_at: float, extra: dict[str, Any] | None = None) -> None:
+    if ctx.durable:
+        await ctx.services.runtime.recorder.step(ctx.execution, key, status, output, error, started_at=started_at,
+                                                 extra=extra)
+
+
+def _response_extra(ctx: StepContext) -> dict[str, Any] | None:
+    response = ctx.execution.response
+    return {"status": response.status, "headers": response.headers} if response is not None else None
+
+
 async def _attempts(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
     attempts = node.retry.attempts if node.retry else 1
     attempt = 1
     while True:
+        token = step_attempt.set(attempt)
         try:
             return await _attempt(node, ctx, scope)
         except asyncio.CancelledError:
@@ -67,6 +116,8 @@ async def _attempts(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
                             delay=round(delay, 3), error=exc)
             attempt += 1
             await asyncio.sleep(delay)
+        finally:
+            step_attempt.reset(token)
 
 
 async def _attempt(node: StepNode, ctx: StepContext, scope: Scope) -> Any:

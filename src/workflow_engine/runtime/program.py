@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from workflow_engine.config.issues import Issue
 from workflow_engine.config.models import AppConfig, StepDef, WorkflowDef
@@ -60,3 +61,27 @@ def compile_program(
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.location.line, i.location.col)))
     return program
+
+
+def step_ids(nodes: tuple[StepNode, ...] | list[StepNode]) -> set[str]:
+    """Every step id of a workflow, nested steps included."""
+    ids: set[str] = set()
+    for node in nodes:
+        ids.add(node.id)
+        for nested in node.step.nested():
+            ids |= step_ids(nested)
+    return ids
+
+
+def unknown_checkpoints(workflow: CompiledWorkflow, checkpoints: dict[str, Any]) -> str | None:
+    """Why an execution's checkpoints cannot resume under this workflow (a step was removed), else None."""
+    known = step_ids(workflow.steps) | step_ids(workflow.on_error)
+    missing = sorted({_last_id(key) for key in checkpoints} - known)
+    if missing:
+        return (f"workflow '{workflow.name}' no longer has step(s) {', '.join(missing)} that this execution "
+                "already ran; it cannot resume under the running config")
+    return None
+
+
+def _last_id(key: str) -> str:
+    return key.rsplit(".", 1)[-1].split("[", 1)[0]

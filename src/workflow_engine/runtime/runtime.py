@@ -20,10 +20,13 @@ from workflow_engine.errors import (
 from workflow_engine.ids import uuid7
 from workflow_engine.observability.metrics import Metrics
 from workflow_engine.runtime.admission import Gate
-from workflow_engine.runtime.execution import Execution, ExecutionStatus, error_dict
+from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response, error_dict
 from workflow_engine.runtime.interpreter import run_nodes
-from workflow_engine.runtime.program import CompiledWorkflow
+from workflow_engine.runtime.parking import Parked
+from workflow_engine.runtime.program import CompiledWorkflow, unknown_checkpoints
+from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.runtime.step import Services, StepContext
+from workflow_engine.store.records import FINISHED, ExecutionRecord
 
 log = structlog.get_logger("workflow_engine.runtime")
 
@@ -46,9 +49,12 @@ class _Meters:
 class Runtime:
     """Admits executions, runs them as owned tasks, and drains them on shutdown."""
 
-    def __init__(self, workflows: dict[str, CompiledWorkflow], metrics: Metrics) -> None:
+    def __init__(self, workflows: dict[str, CompiledWorkflow], metrics: Metrics, recorder: Recorder) -> None:
         self.workflows = workflows
         self.metrics = metrics
+        self.recorder = recorder
+        self.poll_interval = 0.5
+        self.park_after = 30.0
         self.gates = {name: Gate(name, wf.defn.concurrency, wf.defn.queue_size) for name, wf in workflows.items()}
         self.meters = {name: _Meters(metrics, name) for name in workflows}
         self.live: dict[str, Execution] = {}
@@ -75,37 +81,80 @@ class Runtime:
                 workflow, trigger)
         counter.inc()
 
-    def admit(self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None,
-              counted: bool = False, lifecycle_events: bool = True) -> Execution:
-        """The one admission function: run now, queue, or refuse (QueueFullError, DrainingError).
+    async def admit(
+        self, workflow: str, input: Any, *, trigger: str, idempotency_key: str | None = None,
+        parent_id: str | None = None, counted: bool = False, lifecycle_events: bool = True, wait: bool = False,
+    ) -> Execution:
+        """The one admission function: record the execution, then run it now, queue it, or refuse it.
 
-        `counted` says the trigger already counted the event (it counts on receipt, before its own checks).
-        `lifecycle_events` False keeps the execution from publishing `workflow.*`/`step.*` events (executions
-        started by such events would otherwise feed each other forever).
+        Refusals: QueueFullError (or, with `wait`, wait for room: back-pressure), DrainingError,
+        UnknownWorkflowError. A duplicate `idempotency_key` returns the execution it started first.
+        `counted` says the trigger already counted the event; `lifecycle_events` False keeps the execution
+        from publishing `workflow.*`/`step.*` events (executions started by those would feed each other).
         """
         if not counted:
             self.count_trigger(workflow, trigger)
         gate = self._gate(workflow)
         if not self.accepting:
             raise DrainingError("engine is shutting down; no new executions are accepted")
+        if wait:
+            await gate.wait_for_room()
+        gate.reserve()
         execution = Execution(uuid7(), workflow, input, trigger, parent_id)
         execution.lifecycle_events = lifecycle_events
-        run_now = gate.offer(execution)
+        execution.idempotency_key = idempotency_key
+        predicted = gate.active < gate.concurrency and not gate.queue
+        try:
+            existing = await self.recorder.create(
+                execution, running=predicted, durable=self.workflows[workflow].defn.durable)
+        except BaseException:
+            gate.unreserve()
+            raise
+        if existing is not None:
+            gate.unreserve()
+            return self.get(existing.id) or Execution.from_record(existing)
+        run_now = gate.commit(execution)
+        if predicted and not run_now:
+            execution.started_at = None  # it waits after all: it is marked running when it starts
+        self._enter(execution, run_now)
+        return execution
+
+    async def admit_waiting(
+        self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None, lifecycle_events: bool = True,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """Like `admit`, but wait for room in the queue instead of refusing (back-pressure)."""
+        return await self.admit(workflow, input, trigger=trigger, parent_id=parent_id, wait=True,
+                                lifecycle_events=lifecycle_events, idempotency_key=idempotency_key)
+
+    def _enter(self, execution: Execution, run_now: bool) -> None:
         self.live[execution.id] = execution
         self._idle.clear()
         if run_now:
             self._launch(execution)
         else:
-            self.meters[workflow].queued.inc()
-        return execution
+            self.meters[execution.workflow].queued.inc()
 
-    async def admit_waiting(
-        self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None, lifecycle_events: bool = True
-    ) -> Execution:
-        """Like `admit`, but wait for room in the queue instead of refusing (back-pressure)."""
-        gate = self._gate(workflow)
-        await gate.wait_for_room()
-        return self.admit(workflow, input, trigger=trigger, parent_id=parent_id, lifecycle_events=lifecycle_events)
+    async def resume(self, record: ExecutionRecord) -> None:
+        """Run an execution this replica claimed (recovered after a crash, or woken): completed steps are
+        read back from their checkpoints, not run again."""
+        execution = Execution.from_record(record)
+        execution.status = ExecutionStatus.QUEUED
+        workflow = self.workflows.get(record.workflow)
+        problem = None if workflow else f"workflow '{record.workflow}' is not in the running config"
+        if workflow is not None:
+            steps = await self.recorder.store.load_steps(record.id)
+            execution.checkpoints = {step.step_key: step for step in steps}
+            problem = unknown_checkpoints(workflow, execution.checkpoints)
+        if problem is not None:
+            log.error("execution cannot resume", execution_id=record.id, workflow_type=record.workflow,
+                      reason=problem)
+            execution.settle(ExecutionStatus.ERROR, exc=WorkflowEngineError(problem, code="cannot_resume"))
+            await self.recorder.finished(execution, durable=True)
+            return
+        log.info("resuming execution", execution_id=record.id, workflow_type=record.workflow,
+                 checkpoints=len(execution.checkpoints))
+        self._enter(execution, self.gates[record.workflow].adopt(execution))
 
     def _gate(self, workflow: str) -> Gate:
         gate = self.gates.get(workflow)
@@ -122,38 +171,48 @@ class Runtime:
     async def _run(self, execution: Execution) -> None:
         assert self.services is not None
         if execution.cancel_requested:  # cancelled after it was launched, before its task first ran
-            self._settle_unstarted(execution)
+            await self._settle_unstarted(execution)
             self._release(execution, None)
             return
         workflow = self.workflows[execution.workflow]
+        durable = workflow.defn.durable
         meters = self.meters[execution.workflow]
         execution.status = ExecutionStatus.RUNNING
-        execution.started_at = time.time()
         meters.active.inc()
         structlog.contextvars.bind_contextvars(execution_id=execution.id, workflow_type=execution.workflow)
         logger = log.bind(execution_id=execution.id, workflow_type=execution.workflow)
-        ctx = StepContext(execution, self.services, logger)
+        ctx = StepContext(execution, self.services, logger, durable)
         scope: dict[str, Any] = {
             "input": execution.input, "steps": execution.steps, "env": self.services.env,
             "execution": {"id": execution.id, "workflow": execution.workflow, "attempt": execution.attempt},
         }
-        await self._lifecycle("workflow.started", execution)
         started = time.perf_counter()
-        status = ExecutionStatus.ERROR
+        status: ExecutionStatus | None = None
         try:
+            if execution.started_at is None:
+                execution.started_at = time.time()
+                await self.recorder.started(execution, durable)
+            await self._lifecycle("workflow.started", execution)
             output = await self._body(workflow, ctx, scope)
             status = ExecutionStatus.SUCCESS
-            execution.finish(status, output)
+            execution.settle(status, output)
+        except Parked as parked:
+            await self.recorder.park(execution, parked.wake_at, parked.topic, parked.state)
+            execution.set_response(Response(202, {"execution_id": execution.id, "status": "parked"},
+                                            {"X-Execution-Id": execution.id}))
         except asyncio.CancelledError:
-            status = ExecutionStatus.CANCELLED
-            execution.finish(status, exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
+            if execution.cancel_requested or not durable:
+                status = ExecutionStatus.CANCELLED
+                execution.settle(status, exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
             raise
         except Exception as exc:
+            status = ExecutionStatus.ERROR
             await self._failed(workflow, ctx, scope, exc)
         finally:
-            self._finished(execution, status, time.perf_counter() - started)
-        await self._lifecycle(
-            "workflow.completed" if status is ExecutionStatus.SUCCESS else "workflow.failed", execution)
+            await self._ended(execution, status, time.perf_counter() - started, durable)
+        if status is not None:
+            await self._lifecycle(
+                "workflow.completed" if status is ExecutionStatus.SUCCESS else "workflow.failed", execution)
 
     async def _body(self, workflow: CompiledWorkflow, ctx: StepContext, scope: dict[str, Any]) -> Any:
         if workflow.timeout is None:
@@ -179,15 +238,38 @@ class Runtime:
                 raise
             except Exception as handler_exc:  # the original error stays the execution's error
                 ctx.log.error("on_error steps failed", error=handler_exc)
-        execution.finish(ExecutionStatus.ERROR, exc=exc)
+        execution.settle(ExecutionStatus.ERROR, exc=exc)
 
-    def _finished(self, execution: Execution, status: ExecutionStatus, seconds: float) -> None:
+    async def _ended(self, execution: Execution, status: ExecutionStatus | None, seconds: float,
+                     durable: bool) -> None:
+        """Record the end (persist, then tell the callers), update the meters, free the slot.
+
+        `status` None: the execution left this replica unfinished (parked, or interrupted by shutdown) and
+        stays in the store for whoever takes it next.
+        """
         meters = self.meters[execution.workflow]
-        meters.active.dec()
-        meters.finished[status.value].inc()
-        meters.duration.observe(seconds)
-        self._forget(execution)
-        self._release(execution, seconds)
+        try:
+            if status is not None:
+                await self.recorder.finished(execution, durable)
+            elif execution.status is not ExecutionStatus.PARKED:
+                await self.recorder.release(execution)
+                execution.set_response(Response(503, {"error": {
+                    "code": "interrupted", "message": "the engine stopped; the execution resumes on restart or "
+                    "on another replica"}, "execution_id": execution.id}, {"X-Execution-Id": execution.id}))
+        except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
+            log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,
+                      error=exc)
+        finally:
+            # Counted, answered and forgotten together, once the store has it.
+            meters.active.dec()
+            if status is not None:
+                meters.finished[status.value].inc()
+                meters.duration.observe(seconds)
+                execution.resolve()
+                self._forget(execution)
+            else:
+                self._drop(execution)
+            self._release(execution, seconds)
 
     def _release(self, execution: Execution, seconds: float | None) -> None:
         """Free the execution's slot; the next queued execution takes it. `seconds` None: it never ran."""
@@ -196,6 +278,14 @@ class Runtime:
         if nxt is not None:
             self.meters[execution.workflow].queued.dec()
             self._launch(nxt)
+
+    def _drop(self, execution: Execution) -> None:
+        """The execution left this replica unfinished."""
+        self.live.pop(execution.id, None)
+        if execution.responded is not None and not execution.responded.done():
+            execution.responded.set_result(None)
+        if not self.live:
+            self._idle.set()
 
     def _forget(self, execution: Execution) -> None:
         self.live.pop(execution.id, None)
@@ -219,32 +309,85 @@ class Runtime:
     def get(self, execution_id: str) -> Execution | None:
         return self.live.get(execution_id) or self.recent.get(execution_id)
 
-    def cancel(self, execution_id: str) -> Execution:
-        """Cancel a queued or running execution; finished ones are returned unchanged."""
+    async def cancel(self, execution_id: str) -> Execution:
+        """Cancel a queued, running or parked execution; finished ones are returned unchanged."""
         execution = self.get(execution_id)
         if execution is None:
-            raise WorkflowEngineError(f"no execution '{execution_id}'", code="not_found", http_status=404)
+            record = await self.recorder.store.get_execution(execution_id)
+            if record is None:
+                raise WorkflowEngineError(f"no execution '{execution_id}'", code="not_found", http_status=404)
+            execution = Execution.from_record(record)
+            if not execution.finished:  # parked, or held by another replica: the store decides
+                execution.settle(ExecutionStatus.CANCELLED,
+                                 exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
+                await self.recorder.finished(execution, durable=True)
+                execution.resolve()
+            return execution
         if execution.finished:
             return execution
         execution.cancel_requested = True
         if execution.task is None:  # waiting in the queue
             if self.gates[execution.workflow].remove_queued(execution):
                 self.meters[execution.workflow].queued.dec()
-            self._settle_unstarted(execution)
+            await self._settle_unstarted(execution)
         elif execution.status is ExecutionStatus.RUNNING:
             execution.task.cancel(f"execution {execution_id} cancelled")
         # else launched but not yet running: a task cancelled before its first step never enters `_run`, which
         # would leave the slot taken and `done` unresolved; `_run` sees `cancel_requested` and settles it instead.
         return execution
 
-    def _settle_unstarted(self, execution: Execution) -> None:
-        execution.finish(ExecutionStatus.CANCELLED,
+    async def wait_finished(self, execution: Execution) -> Execution:
+        """Wait until `execution` finished, here or on another replica (then by polling the store)."""
+        if execution.finished:
+            return execution
+        if self.get(execution.id) is execution:
+            await asyncio.shield(execution.done)
+            return execution
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            record = await self.recorder.store.get_execution(execution.id)
+            if record is None:
+                return execution
+            if record.status in FINISHED:
+                return Execution.from_record(record)
+
+    async def recorded_response(self, execution: Execution) -> Response | None:
+        """The answer a `respond` step of `execution` gave, read back from its checkpoints."""
+        for step in await self.recorder.store.load_steps(execution.id):
+            if "status" in step.extra and "headers" in step.extra:
+                return Response(step.extra["status"], step.output, step.extra["headers"])
+        return None
+
+    async def retry(self, execution_id: str) -> Execution:
+        """Run a failed or cancelled execution again from its failed step (completed steps are kept)."""
+        record = await self.recorder.store.get_execution(execution_id)
+        if record is None:
+            raise WorkflowEngineError(f"no execution '{execution_id}'", code="not_found", http_status=404)
+        if record.status not in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
+            raise WorkflowEngineError(f"execution {execution_id} is {record.status}; only failed or cancelled "
+                                      "executions can be retried", code="conflict", http_status=409)
+        claimed = await self.recorder.claim_for_retry(record)
+        if not claimed:
+            raise WorkflowEngineError(f"execution {execution_id} is being retried already", code="conflict",
+                                      http_status=409)
+        record.attempt += 1
+        self.recent.pop(execution_id, None)
+        await self.resume(record)
+        return self.get(execution_id) or Execution.from_record(record)
+
+    async def _settle_unstarted(self, execution: Execution) -> None:
+        execution.settle(ExecutionStatus.CANCELLED,
                          exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
         self.meters[execution.workflow].finished["cancelled"].inc()
-        self._forget(execution)
+        try:
+            await self.recorder.finished(execution, self.workflows[execution.workflow].defn.durable)
+        finally:
+            execution.resolve()
+            self._forget(execution)
 
     async def drain(self, grace: float) -> None:
-        """Stop intake, let running and queued executions finish within `grace`, then cancel the rest by name."""
+        """Stop intake, let running and queued executions finish within `grace`, then interrupt the rest by
+        name: durable ones stay in the store for the next replica; the others are cancelled."""
         self.accepting = False
         try:
             async with asyncio.timeout(grace):
@@ -255,12 +398,16 @@ class Runtime:
         for gate in self.gates.values():
             for execution in gate.drain_queue():
                 self.meters[execution.workflow].queued.dec()
-                self._settle_unstarted(execution)
+                if self.workflows[execution.workflow].defn.durable:
+                    await self.recorder.release(execution)
+                    self._drop(execution)
+                else:
+                    await self._settle_unstarted(execution)
         running = [e for e in self.live.values() if e.task is not None]
         for execution in running:
-            log.warning("cancelling execution still running after shutdown grace", execution_id=execution.id,
-                        workflow_type=execution.workflow, task=execution.task.get_name() if execution.task else None)
-            execution.cancel_requested = True
+            log.warning("interrupting execution still running after shutdown grace", execution_id=execution.id,
+                        workflow_type=execution.workflow, task=execution.task.get_name() if execution.task else None,
+                        durable=self.workflows[execution.workflow].defn.durable)
             if execution.task is not None and execution.status is ExecutionStatus.RUNNING:
                 execution.task.cancel("shutdown grace period expired")
         tasks = [e.task for e in running if e.task is not None]

@@ -25,6 +25,13 @@ Scope = dict[str, Any]
 
 # Deadline (loop time) of the step attempt running in this task, so operations can tell a timeout apart.
 step_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("step_deadline", default=None)
+# Checkpoint key of the step running in this task (`id`, or `loop[2].id` inside foreach/parallel).
+step_key: contextvars.ContextVar[str] = contextvars.ContextVar("step_key", default="")
+# Attempt number (1-based) of the step running in this task, under its `retry` policy.
+step_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("step_attempt", default=1)
+# Scope entry holding the checkpoint key prefix of nested steps; not a template identifier, so templates
+# cannot read or shadow it.
+PATH_KEY = "$path"
 
 
 @dataclass
@@ -46,6 +53,7 @@ class StepContext:
     execution: Execution
     services: Services
     log: structlog.typing.FilteringBoundLogger
+    durable: bool = False
 
 
 class Step:
@@ -54,6 +62,10 @@ class Step:
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         """Do the step's work and return its output (`steps.<id>.output`)."""
         raise NotImplementedError  # abstract: every registered step type overrides it
+
+    def nested(self) -> list[list[StepNode]]:
+        """The step lists this step runs (control steps override it)."""
+        return []
 
 
 @dataclass(slots=True)

@@ -48,7 +48,7 @@ class EventTrigger(Trigger):
             # Waiting for room (instead of refusing) pushes back on publishers through the bounded buffer.
             payload = {"topic": event.topic, "data": event.data, "headers": event.headers, "id": event.id}
             try:
-                await runtime.admit_waiting(self.workflow, payload, trigger="event",
+                await runtime.admit(self.workflow, payload, trigger="event", wait=True,
                                             lifecycle_events=event.topic not in LIFECYCLE_TOPICS)
             except DrainingError:
                 log.warning("event not run: the engine is shutting down", workflow_type=self.workflow,

@@ -127,7 +127,8 @@ class HttpTrigger(Trigger):
             if cached is not None:
                 return cached
         try:
-            execution = runtime.admit(self.workflow, payload, trigger="http", counted=True)
+            execution = await runtime.admit(self.workflow, payload, trigger="http", counted=True,
+                                            idempotency_key=request.headers.get("idempotency-key"))
         except QueueFullError as exc:
             return error_response(503, exc.to_dict(), headers={"Retry-After": str(exc.retry_after)})
         except AdmissionError as exc:
@@ -135,6 +136,8 @@ class HttpTrigger(Trigger):
         if self.config.async_:
             return json_response(202, {"execution_id": execution.id, "status": str(execution.status)},
                                  {"X-Execution-Id": execution.id, "Location": f"/api/executions/{execution.id}"})
+        if runtime.get(execution.id) is not execution:  # a duplicate of an execution not running here
+            return await _duplicate_response(runtime, execution)
         await execution.wait_response()
         response = execution_response(execution)
         if cache_key is not None and self.cache is not None and 200 <= response.status_code < 300:
@@ -170,6 +173,15 @@ def _parse_body(raw: bytes, content_type: str) -> Any:
     if "application/x-www-form-urlencoded" in content_type:
         return dict(parse_qsl(text, keep_blank_values=True))
     return text
+
+
+async def _duplicate_response(runtime: Runtime, execution: Execution) -> Response:
+    """The answer for a repeated Idempotency-Key: the first execution's answer, or 202 while it runs."""
+    if not execution.finished:
+        return json_response(202, {"execution_id": execution.id, "status": str(execution.status)},
+                             {"X-Execution-Id": execution.id})
+    execution.response = await runtime.recorded_response(execution)
+    return execution_response(execution)
 
 
 def execution_response(execution: Execution) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -26,6 +26,9 @@ class ScheduleConfig(Strict):
     timezone: str = Field("UTC", description="IANA timezone the cron expression is read in.")
     every: Duration | None = Field(None, gt=0, description="Fixed interval instead of cron, e.g. 30s.")
     input: dict[str, Any] = Field(default_factory=dict, description="Extra input merged with `scheduled_at`.")
+    catch_up: Literal["skip", "run_once"] = Field(
+        "skip", description="Ticks missed while no replica ran: skip them, or run once for the latest one."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -68,16 +71,45 @@ class ScheduleTrigger(Trigger):
         return fire
 
     async def run(self, wiring: Wiring) -> None:
-        tick = self.next_fire(datetime.now(UTC))
+        now = datetime.now(UTC)
+        try:
+            missed = await self._missed_tick(wiring, now)
+            if missed is not None:
+                log.info("running a tick missed while no replica ran", workflow_type=self.workflow,
+                         tick=missed.isoformat())
+                await self._fire(wiring, missed)
+        except Exception as exc:  # supervision boundary: catching up is best effort; the schedule goes on
+            log.error("catching up missed ticks failed", workflow_type=self.workflow, error=exc)
+        tick = self.next_fire(now)
         while True:
             await asyncio.sleep(max(0.0, tick.timestamp() - time.time()))
-            self._fire(wiring, tick)
+            try:
+                await self._fire(wiring, tick)
+            except Exception as exc:  # supervision boundary: a store outage must not end the schedule
+                log.error("scheduled tick failed", workflow_type=self.workflow, tick=tick.isoformat(), error=exc)
             tick = self.next_fire(max(tick, datetime.now(UTC)))
 
-    def _fire(self, wiring: Wiring, tick: datetime) -> None:
+    async def _missed_tick(self, wiring: Wiring, now: datetime) -> datetime | None:
+        """The latest tick due since the last one fired (by any replica), under `catch_up: run_once`."""
+        if self.config.catch_up == "skip":
+            return None
+        last = await wiring.runtime.recorder.store.last_tick(self.workflow)
+        if last is None:
+            return None
+        latest, tick = None, self.next_fire(datetime.fromtimestamp(last, UTC))
+        for _ in range(100_000):  # bounded: an `every: 1s` schedule down for a day is 86,400 ticks
+            if tick > now:
+                break
+            latest, tick = tick, self.next_fire(tick)
+        return latest
+
+    async def _fire(self, wiring: Wiring, tick: datetime) -> None:
+        # One replica fires each tick: the store's unique (workflow, tick) row decides which.
+        if not await wiring.runtime.recorder.store.fire_tick(self.workflow, tick.timestamp()):
+            return
         payload = {**self.config.input, "scheduled_at": tick.astimezone(UTC).isoformat()}
         try:
-            wiring.runtime.admit(self.workflow, payload, trigger="schedule")
+            await wiring.runtime.admit(self.workflow, payload, trigger="schedule")
         except AdmissionError as exc:
             # A schedule cannot wait: the next tick comes regardless. Say so loudly; the tick is counted.
             log.warning("scheduled tick not run", workflow_type=self.workflow, tick=payload["scheduled_at"],

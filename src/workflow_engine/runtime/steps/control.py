@@ -12,7 +12,7 @@ from workflow_engine.config.models import Strict
 from workflow_engine.errors import StepError
 from workflow_engine.registry.specs import NestedSteps, StepSpec
 from workflow_engine.runtime.interpreter import run_nodes
-from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext
+from workflow_engine.runtime.step import PATH_KEY, Scope, Step, StepBuilder, StepContext, StepNode
 from workflow_engine.runtime.templates import truthy
 
 StepList = Annotated[list[dict[str, Any]], NestedSteps()]
@@ -35,6 +35,9 @@ class IfStep(Step):
         self.then = build.children("then")
         self.otherwise = build.children("else_")
 
+    def nested(self) -> list[list[StepNode]]:
+        return [self.then, self.otherwise]
+
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         branch = self.then if truthy(self.condition.render(scope)) else self.otherwise
         return await run_nodes(branch, ctx, scope)
@@ -51,6 +54,9 @@ class SwitchStep(Step):
         self.value = build.compile(config.value, "switch.value")
         self.cases = build.children_with_prefix("cases")
         self.default = build.children("default")
+
+    def nested(self) -> list[list[StepNode]]:
+        return [*self.cases.values(), self.default]
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         value = self.value.render(scope)
@@ -76,6 +82,10 @@ class ForeachStep(Step):
         self.max_items = config.max_items
         self.body = build.children("do")
         self.output = build.compile(config.output, "foreach.output") if config.output is not None else None
+        self.step_id = build.defn.id
+
+    def nested(self) -> list[list[StepNode]]:
+        return [self.body]
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         items = self.items.render(scope)
@@ -93,7 +103,8 @@ class ForeachStep(Step):
             self.concurrency)
 
     async def _iteration(self, ctx: StepContext, scope: Scope, index: int, item: Any) -> Any:
-        inner = {**scope, self.name: item, "index": index, "steps": dict(scope["steps"])}
+        prefix = f"{scope.get(PATH_KEY, '')}{self.step_id}[{index}]."
+        inner = {**scope, self.name: item, "index": index, "steps": dict(scope["steps"]), PATH_KEY: prefix}
         result = await run_nodes(self.body, ctx, inner)
         return self.output.render(inner) if self.output is not None else result
 
@@ -107,10 +118,15 @@ class ParallelStep(Step):
     def __init__(self, config: ParallelConfig, build: StepBuilder) -> None:
         self.branches = build.children_with_prefix("branches")
         self.concurrency = config.concurrency or max(len(self.branches), 1)
+        self.step_id = build.defn.id
+
+    def nested(self) -> list[list[StepNode]]:
+        return list(self.branches.values())
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         names = list(self.branches)
-        scopes = [{**scope, "steps": dict(scope["steps"])} for _ in names]
+        base = f"{scope.get(PATH_KEY, '')}{self.step_id}["
+        scopes = [{**scope, "steps": dict(scope["steps"]), PATH_KEY: f"{base}{name}]."} for name in names]
         results = await bounded_gather(
             [lambda n=n, s=s: run_nodes(self.branches[n], ctx, s) for n, s in zip(names, scopes, strict=True)],
             self.concurrency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -13,7 +14,8 @@ from workflow_engine.errors import FailError, StepError
 from workflow_engine.modules.eventbus.memory import validate_pattern
 from workflow_engine.registry.specs import StepSpec, WorkflowRef
 from workflow_engine.runtime.execution import ExecutionStatus, Response
-from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext
+from workflow_engine.runtime.parking import Parked
+from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, step_attempt, step_key
 
 
 class RespondConfig(Strict):
@@ -89,7 +91,23 @@ class SleepStep(Step):
         self.duration = config.duration
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
-        await asyncio.sleep(self.duration)
+        if not ctx.durable:
+            await asyncio.sleep(self.duration)
+            return {"slept": self.duration}
+        # The wake-up time is fixed when the sleep first starts and survives restarts in its checkpoint.
+        key = step_key.get()
+        checkpoint = ctx.execution.checkpoints.get(key)
+        if checkpoint is not None and checkpoint.status == "sleeping":
+            wake_at = float(checkpoint.extra["wake_at"])
+        else:
+            wake_at = time.time() + self.duration
+            await ctx.services.runtime.recorder.step(ctx.execution, key, "sleeping", None, None,
+                                                     started_at=time.time(), extra={"wake_at": wake_at})
+        remaining = wake_at - time.time()
+        if remaining >= ctx.services.runtime.park_after:
+            raise Parked(wake_at)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
         return {"slept": self.duration}
 
 
@@ -107,14 +125,17 @@ class SubWorkflowStep(Step):
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         runtime = ctx.services.runtime
+        # Keyed by parent and step, so a resumed parent finds the child it started instead of starting another.
+        key = (f"{ctx.execution.id}:{step_key.get()}:{ctx.execution.attempt}:{step_attempt.get()}"
+               if ctx.durable else None)
         child = await runtime.admit_waiting(self.name, self.input.render(scope), trigger="workflow",
-                                            parent_id=ctx.execution.id)
+                                            parent_id=ctx.execution.id, idempotency_key=key)
         if not self.wait:
             return {"execution_id": child.id}
         try:
-            await asyncio.shield(child.done)
+            child = await runtime.wait_finished(child)
         except asyncio.CancelledError:
-            runtime.cancel(child.id)  # the parent was cancelled: its waited-for child goes with it
+            await runtime.cancel(child.id)  # the parent was cancelled: its waited-for child goes with it
             raise
         if child.status is not ExecutionStatus.SUCCESS:
             error = child.error or {}
@@ -151,7 +172,9 @@ LOG = StepSpec("log", LogConfig, LogStep, "Write a structured log line with the 
                shorthand="message")
 FAIL = StepSpec("fail", FailConfig, FailStep, "End the workflow with an error (optionally a 4xx for HTTP callers).",
                 shorthand="message")
-SLEEP = StepSpec("sleep", SleepConfig, SleepStep, "Wait for a duration.", shorthand="duration")
+SLEEP = StepSpec("sleep", SleepConfig, SleepStep,
+                 "Wait for a duration; in durable workflows a long sleep parks the execution in the store (no task, "
+                 "no memory) and survives restarts.", shorthand="duration")
 WORKFLOW = StepSpec("workflow", SubWorkflowConfig, SubWorkflowStep,
                     "Run another workflow as a child execution; wait for its output or not.", shorthand="name")
 PUBLISH = StepSpec("publish", PublishConfig, PublishStep, "Publish an event on the event bus.")

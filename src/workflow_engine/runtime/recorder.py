@@ -1,0 +1,119 @@
+"""Writes an execution's life to the store: recorded before it starts, each step before the next, its end.
+
+Workflows with `durable: false` keep only a summary row, written by a background writer after they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from workflow_engine.runtime.execution import Execution, ExecutionStatus
+from workflow_engine.store.base import Store
+from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
+
+log = structlog.get_logger("workflow_engine.recorder")
+
+SUMMARY_BUFFER = 10_000
+
+
+class Recorder:
+    """The runtime's only way to the store."""
+
+    def __init__(self, store: Store, owner: str, lease: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease = lease
+        self.config_version: int | None = None
+        self._summaries: asyncio.Queue[ExecutionRecord] = asyncio.Queue(SUMMARY_BUFFER)
+
+    def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
+        now = time.time()
+        return ExecutionRecord(
+            id=execution.id, workflow=execution.workflow, trigger=execution.trigger, input=execution.input,
+            status=status, config_version=execution.config_version, attempt=execution.attempt,
+            created_at=execution.created_at, started_at=execution.started_at, updated_at=now,
+            owner=self.owner if status not in (Status.SUCCESS, Status.ERROR, Status.CANCELLED) else None,
+            lease_expires_at=now + self.lease, idempotency_key=execution.idempotency_key,
+            parent_id=execution.parent_id, durable=durable,
+        )
+
+    async def create(self, execution: Execution, *, running: bool, durable: bool) -> ExecutionRecord | None:
+        """Record a new execution; returns the existing record when its idempotency key was used before."""
+        execution.config_version = self.config_version
+        if not durable and execution.idempotency_key is None:
+            return None  # its summary row is written when it finishes
+        if running:
+            execution.started_at = execution.created_at
+        record, created = await self.store.create_execution(
+            self._record(execution, Status.RUNNING if running else Status.QUEUED, durable))
+        return None if created else record
+
+    async def started(self, execution: Execution, durable: bool) -> None:
+        """A queued (or recovered) execution begins to run here."""
+        if durable:
+            await self.store.update_execution(
+                execution.id, status=Status.RUNNING, started_at=execution.started_at, owner=self.owner,
+                lease_expires_at=time.time() + self.lease)
+
+    async def step(self, execution: Execution, key: str, status: str, output: Any, error: dict[str, Any] | None,
+                   *, started_at: float, extra: dict[str, Any] | None = None) -> StepRecord:
+        """Checkpoint one step result (the caller decides whether the workflow is durable)."""
+        record = StepRecord(execution.id, key, status, execution.attempt, output, error, started_at, time.time(),
+                            extra or {})
+        await self.store.save_step(record)
+        execution.checkpoints[key] = record
+        return record
+
+    async def finished(self, execution: Execution, durable: bool) -> None:
+        """Record the end: at once for durable workflows, through the summary writer otherwise."""
+        finished_at = execution.finished_at or time.time()
+        if durable or execution.idempotency_key is not None:
+            await self.store.finish_execution(execution.id, execution.status, execution.output, execution.error,
+                                              finished_at)
+            return
+        record = self._record(execution, execution.status, durable=False)
+        record.output, record.error, record.finished_at = execution.output, execution.error, finished_at
+        await self._summaries.put(record)
+
+    async def park(self, execution: Execution, wake_at: float | None, topic: str | None,
+                   state: dict[str, Any] | None) -> None:
+        """The execution waits (sleep, wait_for) holding nothing here."""
+        await self.store.park(execution.id, wake_at, topic, state)
+        execution.status = ExecutionStatus.PARKED
+
+    async def release(self, execution: Execution) -> None:
+        """This replica stops before finishing `execution`: let any replica take it at once."""
+        await self.store.update_execution(execution.id, owner=None, lease_expires_at=time.time())
+
+    async def claim_for_retry(self, record: ExecutionRecord) -> bool:
+        """Take a failed or cancelled execution back to run it again."""
+        return await self.store.claim_one(record.id, self.owner, time.time() + self.lease, expect=record.status)
+
+    async def claim(self, limit: int) -> list[ExecutionRecord]:
+        """Executions nobody holds (expired leases, due timers), now owned here."""
+        now = time.time()
+        return await self.store.claim(self.owner, now + self.lease, now, limit)
+
+    async def heartbeat(self, execution_ids: list[str]) -> int:
+        """Extend this replica's leases."""
+        return await self.store.heartbeat(self.owner, execution_ids, time.time() + self.lease)
+
+    async def write_summaries(self) -> None:
+        """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
+        try:
+            while True:
+                record = await self._summaries.get()
+                await self._write_summary(record)
+        finally:
+            while not self._summaries.empty():
+                await self._write_summary(self._summaries.get_nowait())
+
+    async def _write_summary(self, record: ExecutionRecord) -> None:
+        try:
+            await self.store.create_execution(record)
+        except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
+            log.error("summary row not written", execution_id=record.id, workflow_type=record.workflow, error=exc)

@@ -1,0 +1,1 @@
+"""Execution store: one abstract `Store` with thin SQLite and PostgreSQL dialects."""

@@ -1,0 +1,134 @@
+"""The abstract store every dialect implements; the runtime and the API only see this."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from workflow_engine.errors import WorkflowEngineError
+from workflow_engine.store.records import ExecutionRecord, Page, Status, StepRecord
+
+
+class StoreError(WorkflowEngineError):
+    """The store failed or refused an operation; never ignored."""
+
+    code = "store_error"
+
+
+class SchemaTooNewError(StoreError):
+    """The database schema is newer than this engine knows: refuse to run rather than corrupt it."""
+
+    code = "schema_too_new"
+
+
+class Store(ABC):
+    """Durable state: executions, step checkpoints, schedule ticks, config versions."""
+
+    url: str
+
+    @abstractmethod
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; apply pending migrations unless `migrate` is False; refuse a newer schema."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def schema_version(self) -> int:
+        """The applied migration number (0 for an empty database)."""
+
+    @abstractmethod
+    async def migrate(self) -> int:
+        """Apply pending migrations; returns the new version."""
+
+    # -- executions -----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_execution(self, record: ExecutionRecord) -> tuple[ExecutionRecord, bool]:
+        """Insert `record`; with an idempotency key already used for its workflow, return that one and False."""
+
+    @abstractmethod
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """One execution, or None."""
+
+    @abstractmethod
+    async def update_execution(self, execution_id: str, **fields: Any) -> None:
+        """Set fields of an execution (any ExecutionRecord attribute but `id`); `updated_at` is set too.
+        An unknown execution raises StoreError `execution_not_found`."""
+
+    @abstractmethod
+    async def finish_execution(
+        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float
+    ) -> None:
+        """Record the end of an execution and release its lease (`execution_not_found` if unknown)."""
+
+    @abstractmethod
+    async def list_executions(
+        self, *, workflow: str | None = None, status: Status | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Newest first; `cursor` comes from a previous page."""
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def save_step(self, step: StepRecord) -> None:
+        """Checkpoint a step result (insert or replace by execution and step key)."""
+
+    @abstractmethod
+    async def load_steps(self, execution_id: str) -> list[StepRecord]:
+        """Every checkpoint of an execution, in the order they were saved."""
+
+    # -- leases, parking, recovery --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def claim(self, owner: str, lease_until: float, now: float, limit: int) -> list[ExecutionRecord]:
+        """Take up to `limit` executions nobody holds: queued/running with no lease or an expired one, or parked
+        with `wake_at <= now`. They become `running`, owned by `owner` until `lease_until`. Safe across replicas.
+        So an execution the caller means to run itself must be created with its owner and lease set."""
+
+    @abstractmethod
+    async def claim_one(self, execution_id: str, owner: str, lease_until: float, expect: Status) -> bool:
+        """Take one execution if it is still in status `expect` (a parked one woken by its event)."""
+
+    @abstractmethod
+    async def heartbeat(self, owner: str, execution_ids: Sequence[str], lease_until: float) -> int:
+        """Extend the leases `owner` holds; returns how many it still holds."""
+
+    @abstractmethod
+    async def release_owner(self, owner: str) -> int:
+        """Drop every lease `owner` holds on queued/running executions, so any replica can claim them at once
+        (a replica restarted with a stable id frees its previous run's work); returns how many."""
+
+    @abstractmethod
+    async def park(self, execution_id: str, wake_at: float | None, wait_topic: str | None,
+                   wait_state: dict[str, Any] | None) -> None:
+        """Mark an execution parked (no owner) until `wake_at` or an event on `wait_topic`."""
+
+    @abstractmethod
+    async def waiting_on(self, topic: str) -> list[ExecutionRecord]:
+        """Parked executions waiting for an event on `topic`."""
+
+    # -- schedules, config, retention -----------------------------------------------------------------------
+
+    @abstractmethod
+    async def fire_tick(self, workflow: str, tick: float) -> bool:
+        """Claim schedule tick `tick` of `workflow`; True for exactly one caller across all replicas."""
+
+    @abstractmethod
+    async def last_tick(self, workflow: str) -> float | None:
+        """The latest tick fired for `workflow`."""
+
+    @abstractmethod
+    async def save_config(self, text: str, digest: str) -> int:
+        """Record an applied config; returns its version (the same version for the same digest)."""
+
+    @abstractmethod
+    async def get_config(self, version: int) -> str | None:
+        """The config text of `version`."""
+
+    @abstractmethod
+    async def prune(self, finished_before: float, batch: int) -> int:
+        """Delete up to `batch` finished executions (and their steps) older than `finished_before`, and up to
+        `batch` schedule ticks before it that are not their workflow's latest; returns the rows deleted."""

@@ -1,0 +1,308 @@
+"""`SqlStore`: the `Store` on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL (many replicas).
+
+Every operation on the hot path (create, update, finish, save_step) is one autocommitted statement: one round
+trip, no BEGIN/COMMIT, a statement object built once (`statements.py`) so SQLAlchemy compiles it once. How a
+statement reaches each database is `runner.py`; the few statements that differ by dialect are in `statements.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+from sqlalchemy.sql.base import Executable
+
+from workflow_engine.store.base import Store, StoreError
+from workflow_engine.store.connect import StoreUrl
+from workflow_engine.store.migrations import LATEST, apply_migrations, check_version, read_version
+from workflow_engine.store.paging import decode_cursor, encode_cursor, list_statement, page_size
+from workflow_engine.store.records import ExecutionRecord, Page, Status, StepRecord
+from workflow_engine.store.runner import Outcome, Runner, runner_for
+from workflow_engine.store.schema import EXECUTION_FIELDS
+from workflow_engine.store.statements import statements_for, update_statement
+
+_UPDATABLE = EXECUTION_FIELDS - {"id"}
+
+
+def _execution(row: Row[Any]) -> ExecutionRecord:
+    return ExecutionRecord(**row._mapping)
+
+
+def _not_found(operation: str, execution_id: str) -> StoreError:
+    return StoreError(
+        f"store {operation}: execution '{execution_id}' does not exist", code="execution_not_found", http_status=404
+    )
+
+
+class SqlStore(Store):
+    """The store on SQLAlchemy Core; SQLite or PostgreSQL by the URL it was made from."""
+
+    def __init__(self, target: StoreUrl, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = target.display
+        self._target = target
+        self._q = statements_for(target.dialect)
+        self._clock = clock
+        self._runner: Runner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; apply pending migrations unless `migrate` is False; refuse a newer schema (and, when not
+        migrating, an older one: the engine's statements need the current tables)."""
+        if self._runner is not None:
+            raise StoreError(f"store '{self.url}' is already open")
+        runner = runner_for(self._target)
+        self._runner = runner
+        try:
+            async with self._errors("open"):
+                await runner.open()
+            if migrate:
+                await self.migrate()
+            else:
+                await self._check_current()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_current(self) -> None:
+        version = await self.schema_version()
+        check_version(version, self.url)
+        if version < LATEST:
+            raise StoreError(
+                f"store '{self.url}': schema version {version} is older than {LATEST}; run `workflow db upgrade`",
+                code="schema_too_old",
+            )
+
+    async def close(self) -> None:
+        """Release connections (safe to call twice)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            async with self._errors("close"):
+                await runner.close()
+
+    async def schema_version(self) -> int:
+        """The applied migration number (0 for an empty database)."""
+        read = functools.partial(read_version, dialect=self._target.dialect)
+        async with self._errors("schema_version"):
+            return await self._open_runner("schema_version").call(read)
+
+    async def migrate(self) -> int:
+        """Apply pending migrations in one transaction, safe against replicas doing the same; returns the
+        new version."""
+        apply = functools.partial(
+            apply_migrations, dialect=self._target.dialect, url=self.url, pg_schema=self._target.pg_schema
+        )
+        async with self._errors("migrate"):
+            return await self._open_runner("migrate").transaction(apply)
+
+    def _open_runner(self, operation: str) -> Runner:
+        if self._runner is None:
+            raise StoreError(f"store {operation}: store '{self.url}' is not open")
+        return self._runner
+
+    @asynccontextmanager
+    async def _errors(self, operation: str) -> AsyncIterator[None]:
+        """Driver errors become a StoreError naming the operation (httpx's map_exceptions, for the store)."""
+        try:
+            yield
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"store {operation} failed ({self.url}): {type(cause).__name__}: {cause}") from exc
+
+    async def _execute(self, operation: str, statement: Executable, params: dict[str, Any]) -> Outcome:
+        runner = self._open_runner(operation)
+        async with self._errors(operation):
+            return await runner.execute(statement, params)
+
+    # -- executions -----------------------------------------------------------------------------------------
+
+    async def create_execution(self, record: ExecutionRecord) -> tuple[ExecutionRecord, bool]:
+        """Insert `record` (zero `created_at`/`updated_at` are set from the clock); with an idempotency key
+        already used for its workflow, return the existing execution and False."""
+        if not record.created_at or not record.updated_at:
+            created = record.created_at or self._clock()
+            record = replace(record, created_at=created, updated_at=record.updated_at or created)
+        params = dict(vars(record))
+        if record.idempotency_key is None:
+            await self._execute("create_execution", self._q.insert_execution, params)
+            return record, True
+        if (await self._execute("create_execution", self._q.insert_execution_idempotent, params)).rows:
+            return record, True
+        # The conflicting row is committed (ON CONFLICT waits for a concurrent inserter to finish): read it.
+        key = {"workflow": record.workflow, "idempotency_key": record.idempotency_key}
+        existing = (await self._execute("create_execution", self._q.get_by_idempotency_key, key)).rows
+        if not existing:
+            raise StoreError(
+                f"store create_execution: idempotency key '{record.idempotency_key}' of workflow "
+                f"'{record.workflow}' conflicted but its execution is gone"
+            )
+        return _execution(existing[0]), False
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """One execution, or None."""
+        rows = (await self._execute("get_execution", self._q.get_execution, {"id": execution_id})).rows
+        return _execution(rows[0]) if rows else None
+
+    async def update_execution(self, execution_id: str, **fields: Any) -> None:
+        """Set fields of an execution (any ExecutionRecord attribute but `id`); `updated_at` is set from the
+        clock unless given. An unknown execution is an error (`execution_not_found`)."""
+        unknown = fields.keys() - _UPDATABLE
+        if unknown:
+            raise StoreError(f"store update_execution: unknown execution field(s) {sorted(unknown)}")
+        values = {"updated_at": self._clock(), **fields}
+        params = {f"p_{name}": value for name, value in values.items()}
+        params["p_id"] = execution_id
+        result = await self._execute("update_execution", update_statement(tuple(sorted(values))), params)
+        if result.rowcount == 0:
+            raise _not_found("update_execution", execution_id)
+
+    async def finish_execution(
+        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float
+    ) -> None:
+        """Record the end of an execution and release its lease (and any wait)."""
+        params = {
+            "p_id": execution_id,
+            "p_status": status,
+            "p_output": output,
+            "p_error": error,
+            "p_finished_at": finished_at,
+        }
+        result = await self._execute("finish_execution", self._q.finish_execution, params)
+        if result.rowcount == 0:
+            raise _not_found("finish_execution", execution_id)
+
+    async def list_executions(
+        self, *, workflow: str | None = None, status: Status | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Newest first by (created_at, id); `limit` is kept within 1..500; `cursor` comes from a previous page."""
+        size = page_size(limit)
+        params: dict[str, Any] = {"workflow": workflow, "status": status, "page_limit": size + 1}
+        if cursor is not None:
+            params["after_created_at"], params["after_id"] = decode_cursor(cursor)
+        statement = list_statement(workflow is not None, status is not None, cursor is not None)
+        rows = (await self._execute("list_executions", statement, params)).rows
+        items = [_execution(row) for row in rows[:size]]
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > size else None
+        return Page(items, next_cursor)
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    async def save_step(self, step: StepRecord) -> None:
+        """Checkpoint a step result (insert, or replace in place by execution and step key)."""
+        await self._execute("save_step", self._q.save_step, dict(vars(step)))
+
+    async def load_steps(self, execution_id: str) -> list[StepRecord]:
+        """Every checkpoint of an execution, in the order they were first saved."""
+        result = await self._execute("load_steps", self._q.load_steps, {"execution_id": execution_id})
+        return [StepRecord(**row._mapping) for row in result.rows]
+
+    # -- leases, parking, recovery --------------------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_until: float, now: float, limit: int) -> list[ExecutionRecord]:
+        """Take up to `limit` executions nobody holds: queued/running with no lease or an expired one, or parked
+        with `wake_at <= now`. They become `running`, owned by `owner` until `lease_until`. One statement; on
+        PostgreSQL rows are locked with SKIP LOCKED, so concurrent replicas never take the same one."""
+        if limit <= 0:
+            return []
+        params = {
+            "p_owner": owner,
+            "p_lease_expires_at": lease_until,
+            "p_updated_at": now,
+            "p_now": now,
+            "p_limit": limit,
+        }
+        result = await self._execute("claim", self._q.claim, params)
+        return [_execution(row) for row in result.rows]
+
+    async def claim_one(self, execution_id: str, owner: str, lease_until: float, expect: Status) -> bool:
+        """Take one execution if it is still in status `expect` (a parked one woken by its event)."""
+        params = {
+            "p_id": execution_id,
+            "p_expect": expect,
+            "p_owner": owner,
+            "p_lease_expires_at": lease_until,
+            "p_updated_at": self._clock(),
+        }
+        result = await self._execute("claim_one", self._q.claim_one, params)
+        return result.rowcount == 1
+
+    async def heartbeat(self, owner: str, execution_ids: Sequence[str], lease_until: float) -> int:
+        """Extend the leases `owner` holds; returns how many it still holds."""
+        if not execution_ids:
+            return 0
+        ids: Any = list(execution_ids)
+        if self._target.dialect == "sqlite":
+            ids = orjson.dumps(ids).decode()
+        params = {"p_owner": owner, "p_ids": ids, "p_lease_expires_at": lease_until}
+        result = await self._execute("heartbeat", self._q.heartbeat, params)
+        return result.rowcount
+
+    async def release_owner(self, owner: str) -> int:
+        """Drop every lease `owner` holds on queued/running executions (claimable at once); returns how many."""
+        params = {"p_owner": owner, "p_updated_at": self._clock()}
+        return (await self._execute("release_owner", self._q.release_owner, params)).rowcount
+
+    async def park(
+        self, execution_id: str, wake_at: float | None, wait_topic: str | None, wait_state: dict[str, Any] | None
+    ) -> None:
+        """Mark an execution parked (no owner, no lease) until `wake_at` or an event on `wait_topic`."""
+        params = {
+            "p_id": execution_id,
+            "p_wake_at": wake_at,
+            "p_wait_topic": wait_topic,
+            "p_wait_state": wait_state,
+            "p_updated_at": self._clock(),
+        }
+        result = await self._execute("park", self._q.park, params)
+        if result.rowcount == 0:
+            raise _not_found("park", execution_id)
+
+    async def waiting_on(self, topic: str) -> list[ExecutionRecord]:
+        """Parked executions waiting for an event on `topic`, oldest first."""
+        result = await self._execute("waiting_on", self._q.waiting_on, {"topic": topic})
+        return [_execution(row) for row in result.rows]
+
+    # -- schedules, config, retention -----------------------------------------------------------------------
+
+    async def fire_tick(self, workflow: str, tick: float) -> bool:
+        """Claim schedule tick `tick` of `workflow`; True for exactly one caller across all replicas."""
+        result = await self._execute("fire_tick", self._q.fire_tick, {"workflow": workflow, "tick": tick})
+        return bool(result.rows)
+
+    async def last_tick(self, workflow: str) -> float | None:
+        """The latest tick fired for `workflow`."""
+        result = await self._execute("last_tick", self._q.last_tick, {"workflow": workflow})
+        tick = result.rows[0][0]
+        return None if tick is None else float(tick)
+
+    async def save_config(self, text: str, digest: str) -> int:
+        """Record an applied config; returns its version (the same version for the same digest)."""
+        params = {"digest": digest, "text": text, "created_at": self._clock()}
+        inserted = (await self._execute("save_config", self._q.insert_config, params)).rows
+        if inserted:
+            return int(inserted[0][0])
+        existing = (await self._execute("save_config", self._q.config_version, {"digest": digest})).rows
+        return int(existing[0][0])
+
+    async def get_config(self, version: int) -> str | None:
+        """The config text of `version`."""
+        rows = (await self._execute("get_config", self._q.get_config, {"version": version})).rows
+        return str(rows[0][0]) if rows else None
+
+    async def prune(self, finished_before: float, batch: int) -> int:
+        """Delete up to `batch` finished executions older than `finished_before` (their steps go with them), and
+        up to `batch` schedule ticks before it that are not their workflow's latest. Returns the rows deleted;
+        call again while it returns anything to drain a backlog in small batches."""
+        if batch <= 0:
+            return 0
+        params = {"p_before": finished_before, "p_batch": batch}
+        executions = await self._execute("prune", self._q.prune_executions, params)
+        ticks = await self._execute("prune", self._q.prune_ticks, params)
+        return executions.rowcount + ticks.rowcount

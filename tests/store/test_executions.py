@@ -1,0 +1,174 @@
+"""Executions: create/get/update/finish round trips, idempotency keys, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.store.conftest import StoreFactory
+from workflow_engine.store.base import Store, StoreError
+from workflow_engine.store.records import ExecutionRecord, Status
+
+NESTED = {
+    "text": "grüße, 世界, emoji 🚀, quote \" and \\ backslash",
+    "null": None,
+    "list": [1, 2.5, -3, True, False, None, {"deep": [{"deeper": "ok"}]}],
+    "empty": {},
+    "big": 2**53,
+}
+
+
+def full_record(execution_id: str = "e1") -> ExecutionRecord:
+    """A record with every field set away from its default."""
+    return ExecutionRecord(
+        id=execution_id,
+        workflow="orders",
+        trigger="http",
+        input=NESTED,
+        status=Status.RUNNING,
+        config_version=7,
+        output=["out", {"n": None}],
+        error={"code": "boom", "message": "ünïcode"},
+        attempt=3,
+        created_at=1700000000.125,
+        started_at=1700000001.5,
+        finished_at=None,
+        updated_at=1700000002.25,
+        owner="replica-a",
+        lease_expires_at=1700000030.0,
+        idempotency_key="key-1",
+        parent_id="parent",
+        wake_at=1700000100.0,
+        wait_topic="orders.paid",
+        wait_state={"match": "data.id == 1"},
+        durable=False,
+    )
+
+
+async def test_create_get_roundtrip_keeps_every_field(store: Store) -> None:
+    record = full_record()
+    created, inserted = await store.create_execution(record)
+    assert inserted
+    assert created == record
+    assert await store.get_execution("e1") == record
+
+
+@pytest.mark.parametrize("value", [None, "plain", 0, 1.5, [], NESTED])
+async def test_json_values_roundtrip(store: Store, value: object) -> None:
+    await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input=value))
+    await store.update_execution("e1", output=value, wait_state={"v": value})
+    got = await store.get_execution("e1")
+    assert got is not None
+    assert (got.input, got.output, got.wait_state) == (value, value, {"v": value})
+
+
+async def test_create_sets_missing_times(store: Store) -> None:
+    before = time.time()
+    created, _ = await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input=None))
+    assert before <= created.created_at == created.updated_at <= time.time()
+    assert await store.get_execution("e1") == created
+
+
+async def test_get_unknown_is_none(store: Store) -> None:
+    assert await store.get_execution("nope") is None
+
+
+async def test_update_sets_fields_and_updated_at(store: Store) -> None:
+    await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input={}, updated_at=1.0))
+    await store.update_execution("e1", status=Status.RUNNING, started_at=10.0, attempt=2, config_version=3)
+    got = await store.get_execution("e1")
+    assert got is not None
+    assert (got.status, got.started_at, got.attempt, got.config_version) == (Status.RUNNING, 10.0, 2, 3)
+    assert got.updated_at > 1.0
+    await store.update_execution("e1", updated_at=5.0, error=None)
+    got = await store.get_execution("e1")
+    assert got is not None
+    assert got.updated_at == 5.0
+
+
+async def test_update_rejects_unknown_fields_and_executions(store: Store) -> None:
+    await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input={}))
+    with pytest.raises(StoreError, match="unknown execution field"):
+        await store.update_execution("e1", colour="red")
+    with pytest.raises(StoreError, match="unknown execution field"):
+        await store.update_execution("e1", id="e2")
+    with pytest.raises(StoreError) as info:
+        await store.update_execution("missing", status=Status.RUNNING)
+    assert info.value.code == "execution_not_found"
+
+
+async def test_finish_records_result_and_releases_lease(store: Store) -> None:
+    await store.create_execution(
+        ExecutionRecord(
+            id="e1", workflow="w", trigger="manual", input={}, status=Status.RUNNING, owner="a",
+            lease_expires_at=99.0, wake_at=50.0, wait_topic="t",
+        )
+    )
+    await store.finish_execution("e1", Status.ERROR, {"partial": [1]}, {"code": "step_failed", "step": "x"}, 42.5)
+    got = await store.get_execution("e1")
+    assert got is not None
+    assert got.status is Status.ERROR
+    assert (got.output, got.error) == ({"partial": [1]}, {"code": "step_failed", "step": "x"})
+    assert got.finished_at == got.updated_at == 42.5
+    assert (got.owner, got.lease_expires_at, got.wake_at, got.wait_topic) == (None, None, None, None)
+    with pytest.raises(StoreError) as info:
+        await store.finish_execution("missing", Status.SUCCESS, None, None, 1.0)
+    assert info.value.code == "execution_not_found"
+
+
+async def test_idempotency_key_returns_the_first_execution(store: Store) -> None:
+    first, inserted = await store.create_execution(
+        ExecutionRecord(id="e1", workflow="w", trigger="http", input={"n": 1}, idempotency_key="k")
+    )
+    assert inserted
+    again, inserted = await store.create_execution(
+        ExecutionRecord(id="e2", workflow="w", trigger="http", input={"n": 2}, idempotency_key="k")
+    )
+    assert not inserted
+    assert again == first
+    assert await store.get_execution("e2") is None
+    other, inserted = await store.create_execution(
+        ExecutionRecord(id="e3", workflow="other", trigger="http", input={}, idempotency_key="k")
+    )
+    assert inserted
+    assert other.id == "e3"
+
+
+async def test_idempotency_key_under_concurrency(make_store: StoreFactory) -> None:
+    replicas = [await make_store(), await make_store()]
+
+    async def create(i: int) -> tuple[ExecutionRecord, bool]:
+        record = ExecutionRecord(id=f"e{i}", workflow="w", trigger="http", input=i, idempotency_key="same")
+        return await replicas[i % 2].create_execution(record)
+
+    results = await asyncio.gather(*(create(i) for i in range(20)))
+    assert sum(inserted for _, inserted in results) == 1
+    assert len({record.id for record, _ in results}) == 1
+
+
+async def test_executions_without_key_are_independent(store: Store) -> None:
+    for i in range(3):
+        _, inserted = await store.create_execution(ExecutionRecord(id=f"e{i}", workflow="w", trigger="m", input=i))
+        assert inserted
+
+
+async def test_duplicate_id_is_a_store_error(store: Store) -> None:
+    await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input={}))
+    with pytest.raises(StoreError, match="create_execution"):
+        await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input={}))
+
+
+async def test_value_that_is_not_json_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="create_execution"):
+        await store.create_execution(ExecutionRecord(id="e1", workflow="w", trigger="manual", input={1j}))
+    assert await store.get_execution("e1") is None
+
+
+async def test_closed_store_refuses_operations(make_store: StoreFactory) -> None:
+    store = await make_store()
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_execution("e1")
