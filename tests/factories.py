@@ -59,12 +59,13 @@ async def running_engine(
     registry: Registry | None = None,
     env: Mapping[str, str] | None = None,
     metrics: Metrics | None = None,
+    store_url: str = "sqlite:///:memory:",
 ) -> AsyncIterator[Engine]:
     """A started engine for `yaml_text` (own metrics, management on a free port); always stopped on exit."""
     registry = registry or default_registry()
     app = load_app(yaml_text, registry, env)
-    engine = Engine(app, registry, metrics=metrics or Metrics(process=False), mgmt_address="127.0.0.1:0", store_url="sqlite:///:memory:",
-                    environ=dict(env or {}))
+    engine = Engine(app, registry, metrics=metrics or Metrics(process=False), mgmt_address="127.0.0.1:0",
+                    store_url=store_url, environ=dict(env or {}))
     run = asyncio.create_task(engine.run(), name="test-engine")
     started = asyncio.create_task(engine.started.wait())
     await asyncio.wait([run, started], return_when=asyncio.FIRST_COMPLETED)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from workflow_engine.cli_client import register as register_client_commands
+
 if TYPE_CHECKING:
     from workflow_engine.registry.specs import Registry
 
@@ -93,13 +95,16 @@ def run(
     store: Annotated[
         str | None, typer.Option("--store", help="Store URL, sqlite:///... or postgresql://... (overrides the config).")
     ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Apply the config file again (without restart) each time it is saved.")
+    ] = False,
 ) -> None:
     """Run the application until SIGTERM/SIGINT, then drain running executions and exit 0."""
     from workflow_engine.engine.runner import run as run_engine
     from workflow_engine.errors import ConfigError, WorkflowEngineError
 
     try:
-        run_engine(config, _load_registry(), mgmt_addr=mgmt_addr, store=store)
+        run_engine(config, _load_registry(), mgmt_addr=mgmt_addr, store=store, watch=watch)
     except ConfigError as err:
         for issue in err.issues:
             typer.echo(str(issue), err=True)
@@ -110,6 +115,7 @@ def run(
         raise typer.Exit(1) from None
 
 
+register_client_commands(app)
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def _ready(mgmt: str) -> bool:
 
 @contextmanager
 def engine_process(config: Path, *, env: Mapping[str, str] | None = None, wait_ready: bool = True,
-                   web_port: int | None = None) -> Iterator[EngineProcess]:
+                   web_port: int | None = None, args: tuple[str, ...] = ()) -> Iterator[EngineProcess]:
     """Run `workflow run config` with WEB_ADDR/MGMT_ADDR on free ports; stop it (SIGTERM) afterwards."""
     web_port = web_port or free_port()
     mgmt_port = free_port()
@@ -76,7 +76,7 @@ def engine_process(config: Path, *, env: Mapping[str, str] | None = None, wait_r
         log_path = Path(log_file.name)
     with log_path.open("w") as out:
         proc = subprocess.Popen(
-            [WORKFLOW, "run", str(config), "--mgmt-addr", f"127.0.0.1:{mgmt_port}"],
+            [WORKFLOW, "run", str(config), "--mgmt-addr", f"127.0.0.1:{mgmt_port}", *args],
             stdout=out, stderr=subprocess.STDOUT, env=full_env, text=True,
         )
     engine = EngineProcess(proc, f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{mgmt_port}", log_path, full_env)

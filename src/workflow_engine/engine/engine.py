@@ -13,8 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
+from workflow_engine.api.app import mount_api
 from workflow_engine.config.models import AppConfig
+from workflow_engine.config.validate import load_config_text
+from workflow_engine.engine.control import Control
+from workflow_engine.engine.reload import restart_needed, swap_generation
 from workflow_engine.engine.supervisor import ModuleSupervisor
+from workflow_engine.errors import ConfigError
 from workflow_engine.ids import uuid7
 from workflow_engine.modules.base import Module, ModuleContext, ModuleState
 from workflow_engine.modules.eventbus.memory import EventBus
@@ -53,6 +58,7 @@ class Engine:
         mgmt_address: str | None = None,
         environ: dict[str, str] | None = None,
         store_url: str | None = None,
+        watch: bool = False,
     ) -> None:
         self.app = app
         self.registry = registry
@@ -82,7 +88,10 @@ class Engine:
             self.modules[mdef.name] = module = spec.factory(mdef.name, mdef.config, ctx)
             self.supervisors[mdef.name] = ModuleSupervisor(module, spec.kind, mdef.depends_on, self.health)
         self.wiring = Wiring(self.runtime, self.modules, self.bus, self.metrics)
-        Waiters(self.runtime, self.program).attach(self.bus)
+        self.waiters = Waiters(self.runtime, self.program)
+        self.waiters.attach(self.bus)
+        self._reload_lock = asyncio.Lock()
+        self.watch = watch
         for workflow in self.program.values():
             if workflow.trigger is not None:
                 workflow.trigger.attach(self.wiring)
@@ -96,6 +105,7 @@ class Engine:
         publish_memory_limit(self.metrics, self.app.engine.memory_limit)
         if self.app.engine.management.enabled:
             self.management = ManagementServer(self.mgmt_address, self.metrics, self.health)
+            mount_api(self.management, Control(self))
             await self.management.start()
         http_default = HttpClient.standalone("default", HttpClientConfig(), self.metrics)
         try:
@@ -151,12 +161,50 @@ class Engine:
         self._spawn(maintenance.prune(self.runtime, engine.retention), "retention")
         for name, supervisor in self.supervisors.items():
             self._spawn(supervisor.run(self.supervisors), f"start:{name}")
+        self.restart_trigger_loops()
+        if self.watch:
+            self._spawn(self._watch_config(), "config-watcher")
+        self.started.set()
+        log.info("engine started", app=self.app.name, modules=len(self.modules), workflows=len(self.program))
+
+    def restart_trigger_loops(self) -> None:
+        """(Re)start the loops of the current program's triggers (schedules), stopping the previous ones."""
+        for task in list(self._tasks):
+            if task.get_name().startswith("trigger:"):
+                task.cancel()
         for workflow in self.program.values():
             trigger = workflow.trigger
             if trigger is not None and trigger.has_loop:
                 self._spawn(trigger.run(self.wiring), f"trigger:{trigger.kind}:{workflow.name}")
-        self.started.set()
-        log.info("engine started", app=self.app.name, modules=len(self.modules), workflows=len(self.program))
+
+    async def _watch_config(self) -> None:
+        """`workflow run --watch`: apply the config file each time it is saved; a bad save changes nothing."""
+        from watchfiles import awatch
+
+        path = Path(self.app.source_file)
+        async for _changes in awatch(path, debounce=300, step=50):
+            try:
+                text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+                await self.apply_config(text)
+            except ConfigError as err:
+                log.error("config change not applied", file=str(path), issues=[str(i) for i in err.issues])
+            except OSError as err:
+                log.error("config file unreadable", file=str(path), error=err)
+
+    async def apply_config(self, text: str) -> int:
+        """Apply a new config without restart; returns its version. A bad one raises ConfigError with every
+        issue and changes nothing; in-flight executions finish on the code they started with."""
+        async with self._reload_lock:
+            app = load_config_text(text, self.app.source_file, self.registry)
+            program = compile_program(app, self.registry)
+            issues = restart_needed(self.app, app)
+            if issues:
+                raise ConfigError(issues)
+            version = await self.store.save_config(text, hashlib.sha256(text.encode()).hexdigest())
+            swap_generation(self, app, program)
+            self.recorder.config_version = version
+            log.info("config applied", version=version, workflows=len(program))
+            return version
 
     def request_stop(self) -> None:
         """Begin the shutdown sequence (safe to call more than once, from a signal handler too)."""

@@ -17,11 +17,11 @@ log = structlog.get_logger("workflow_engine.run")
 
 
 async def serve(config_path: Path, registry: Registry, *, mgmt_addr: str | None = None,
-                store: str | None = None) -> None:
+                store: str | None = None, watch: bool = False) -> None:
     """Run the app in `config_path` until SIGTERM or SIGINT, then drain and return."""
     app = load_config(config_path, registry)
     configure_logging(app.engine.log_level, app.engine.log_format)
-    engine = Engine(app, registry, mgmt_address=mgmt_addr, store_url=store)
+    engine = Engine(app, registry, mgmt_address=mgmt_addr, store_url=store, watch=watch)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, engine, sig)
@@ -37,9 +37,10 @@ def _on_signal(engine: Engine, sig: signal.Signals) -> None:
     engine.request_stop()
 
 
-def run(config_path: Path, registry: Registry, *, mgmt_addr: str | None = None, store: str | None = None) -> None:
+def run(config_path: Path, registry: Registry, *, mgmt_addr: str | None = None, store: str | None = None,
+        watch: bool = False) -> None:
     """Blocking entry point used by the CLI (uvloop when installed)."""
-    main = serve(config_path, registry, mgmt_addr=mgmt_addr, store=store)
+    main = serve(config_path, registry, mgmt_addr=mgmt_addr, store=store, watch=watch)
     try:
         import uvloop
     except ImportError:

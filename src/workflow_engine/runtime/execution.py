@@ -42,6 +42,7 @@ class Execution:
         "lifecycle_events",
         "output",
         "parent_id",
+        "program",
         "responded",
         "response",
         "started_at",
@@ -74,6 +75,7 @@ class Execution:
         self.checkpoints: dict[str, StepRecord] = {}
         self.config_version: int | None = None
         self.idempotency_key: str | None = None
+        self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()
         self.responded: asyncio.Future[None] | None = None

@@ -66,6 +66,21 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def swap(self, workflows: dict[str, CompiledWorkflow]) -> None:
+        """Admit into a new program from now on (config apply); executions already admitted keep theirs.
+
+        Gates and meters of workflows that are gone stay, for the executions still draining out of them.
+        """
+        for name, workflow in workflows.items():
+            gate = self.gates.get(name)
+            if gate is None:
+                self.gates[name] = Gate(name, workflow.defn.concurrency, workflow.defn.queue_size)
+                self.meters[name] = _Meters(self.metrics, name)
+            else:
+                gate.concurrency = workflow.defn.concurrency
+                gate.queue_size = workflow.defn.queue_size
+        self.workflows = workflows
+
     def start(self, services: Services, spawn: Spawn) -> None:
         """Begin running executions as tasks created by `spawn` (the engine's task group)."""
         self.services = services
@@ -92,9 +107,9 @@ class Runtime:
         `counted` says the trigger already counted the event; `lifecycle_events` False keeps the execution
         from publishing `workflow.*`/`step.*` events (executions started by those would feed each other).
         """
+        gate = self._gate(workflow)  # unknown names are refused before they become metric series
         if not counted:
             self.count_trigger(workflow, trigger)
-        gate = self._gate(workflow)
         if not self.accepting:
             raise DrainingError("engine is shutting down; no new executions are accepted")
         if wait:
@@ -103,6 +118,7 @@ class Runtime:
         execution = Execution(uuid7(), workflow, input, trigger, parent_id)
         execution.lifecycle_events = lifecycle_events
         execution.idempotency_key = idempotency_key
+        execution.program = self.workflows[workflow]
         predicted = gate.active < gate.concurrency and not gate.queue
         try:
             existing = await self.recorder.create(
@@ -143,6 +159,7 @@ class Runtime:
         workflow = self.workflows.get(record.workflow)
         problem = None if workflow else f"workflow '{record.workflow}' is not in the running config"
         if workflow is not None:
+            execution.program = workflow
             steps = await self.recorder.store.load_steps(record.id)
             execution.checkpoints = {step.step_key: step for step in steps}
             problem = unknown_checkpoints(workflow, execution.checkpoints)
@@ -157,7 +174,7 @@ class Runtime:
         self._enter(execution, self.gates[record.workflow].adopt(execution))
 
     def _gate(self, workflow: str) -> Gate:
-        gate = self.gates.get(workflow)
+        gate = self.gates.get(workflow) if workflow in self.workflows else None
         if gate is None:
             raise UnknownWorkflowError(f"no workflow named '{workflow}'")
         return gate
@@ -174,7 +191,8 @@ class Runtime:
             await self._settle_unstarted(execution)
             self._release(execution, None)
             return
-        workflow = self.workflows[execution.workflow]
+        # The compiled workflow it was admitted with: a config applied meanwhile does not change running code.
+        workflow = execution.program or self.workflows[execution.workflow]
         durable = workflow.defn.durable
         meters = self.meters[execution.workflow]
         execution.status = ExecutionStatus.RUNNING
@@ -371,6 +389,11 @@ class Runtime:
             raise WorkflowEngineError(f"execution {execution_id} is being retried already", code="conflict",
                                       http_status=409)
         record.attempt += 1
+        # The next attempt runs without the previous end: `resume` would take a finished record's `done` as
+        # resolved and its error as still current; the store keeps the attempt and forgets the old error too.
+        record.status, record.output, record.error, record.finished_at = ExecutionStatus.RUNNING, None, None, None
+        await self.recorder.store.update_execution(execution_id, attempt=record.attempt, output=None, error=None,
+                                                   finished_at=None)
         self.recent.pop(execution_id, None)
         await self.resume(record)
         return self.get(execution_id) or Execution.from_record(record)

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from workflow_engine.modules.eventbus.memory import Event, EventBus
+from workflow_engine.modules.eventbus.memory import Event, EventBus, Subscription
 from workflow_engine.runtime.program import CompiledWorkflow
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.step import StepNode
@@ -35,10 +35,16 @@ class Waiters:
         self.runtime = runtime
         self.steps = {name: wait_steps(wf.steps) for name, wf in program.items()}
         self.topics = {step.topic for steps in self.steps.values() for step in steps.values()}
+        self.subscriptions: list[Subscription] = []
 
     def attach(self, bus: EventBus) -> None:
-        for topic in sorted(self.topics):
-            bus.subscribe(topic, self.deliver, name=f"waiters:{topic}")
+        self.subscriptions = [bus.subscribe(topic, self.deliver, name=f"waiters:{topic}")
+                              for topic in sorted(self.topics)]
+
+    def detach(self, bus: EventBus) -> None:
+        for subscription in self.subscriptions:
+            bus.unsubscribe(subscription)
+        self.subscriptions = []
 
     async def deliver(self, event: Event) -> None:
         """Hand `event` to every execution parked waiting for it whose condition matches."""

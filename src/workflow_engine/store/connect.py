@@ -31,9 +31,9 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # commit, which WAL makes safe against corruption (a power cut may lose the last commits, a crash of the process
 # loses nothing); busy_timeout makes a second process wait for the write lock instead of failing at once.
 SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout=10000",  # first: switching to WAL below may itself have to wait for another process
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
 

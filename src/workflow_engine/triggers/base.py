@@ -57,7 +57,10 @@ class Trigger:
         self.workflow = workflow
 
     def attach(self, wiring: Wiring) -> None:
-        """Connect to the live modules (before they start)."""
+        """Connect to the live modules (before they start, or while a config apply stages its routes)."""
+
+    def detach(self, wiring: Wiring) -> None:
+        """Disconnect (a config apply replaced this trigger); routes go with the route table swap."""
 
     async def run(self, wiring: Wiring) -> None:
         """The trigger's loop (schedules); runs until cancelled. Only called when `has_loop`."""

@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 
 from workflow_engine.config.models import Strict
 from workflow_engine.errors import DrainingError
-from workflow_engine.modules.eventbus.memory import Event, validate_pattern
+from workflow_engine.modules.eventbus.memory import Event, Subscription, validate_pattern
 from workflow_engine.registry.specs import TriggerSpec
 from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
 
@@ -38,6 +38,7 @@ class EventTrigger(Trigger):
     def __init__(self, workflow: str, config: EventTriggerConfig) -> None:
         super().__init__(workflow)
         self.config = config
+        self.subscription: Subscription | None = None
 
     def attach(self, wiring: Wiring) -> None:
         runtime = wiring.runtime
@@ -54,7 +55,13 @@ class EventTrigger(Trigger):
                 log.warning("event not run: the engine is shutting down", workflow_type=self.workflow,
                             topic=event.topic, event_id=event.id)
 
-        wiring.bus.subscribe(self.config.topic, deliver, name=f"workflow:{self.workflow}", buffer=self.config.buffer)
+        self.subscription = wiring.bus.subscribe(self.config.topic, deliver, name=f"workflow:{self.workflow}",
+                                                 buffer=self.config.buffer)
+
+    def detach(self, wiring: Wiring) -> None:
+        if self.subscription is not None:
+            wiring.bus.unsubscribe(self.subscription)
+            self.subscription = None
 
 
 def _own_lifecycle_event(event: Event, workflow: str) -> bool:

@@ -14,7 +14,13 @@ from starlette.responses import Response
 
 from workflow_engine.config.models import Strict
 from workflow_engine.durations import Duration
-from workflow_engine.errors import AdmissionError, QueueFullError, StepError, WorkflowEngineError
+from workflow_engine.errors import (
+    AdmissionError,
+    QueueFullError,
+    StepError,
+    UnknownWorkflowError,
+    WorkflowEngineError,
+)
 from workflow_engine.modules.http.middleware import MiddlewareConfig
 from workflow_engine.modules.http.server import HttpServer
 from workflow_engine.registry.specs import ModuleRef, TriggerSpec
@@ -133,6 +139,8 @@ class HttpTrigger(Trigger):
             return error_response(503, exc.to_dict(), headers={"Retry-After": str(exc.retry_after)})
         except AdmissionError as exc:
             return error_response(503, exc.to_dict(), headers={"Retry-After": "5"})
+        except UnknownWorkflowError as exc:  # a request that raced a config apply removing this workflow
+            return error_response(404, exc.to_dict())
         if self.config.async_:
             return json_response(202, {"execution_id": execution.id, "status": str(execution.status)},
                                  {"X-Execution-Id": execution.id, "Location": f"/api/executions/{execution.id}"})

@@ -206,6 +206,18 @@ class _App:
             await app(scope, receive, send)
 
 
+class _Switch:
+    """The served ASGI app behind one indirection, so a config apply can swap routes atomically."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: _App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its signal handlers (the engine owns signals) and with a readiness event."""
 
@@ -234,6 +246,8 @@ class HttpServer(Module):
         self.host, self.port = split_address(config.address)
         self._clock = clock
         self._routes: dict[str, dict[str, _RouteDecl]] = {}
+        self._staged: dict[str, dict[str, _RouteDecl]] | None = None
+        self._switch: _Switch | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -241,22 +255,40 @@ class HttpServer(Module):
                   middleware: MiddlewareConfig | None = None) -> None:
         """Serve `endpoint` for `method` on `path` (`{param}` templates, as in Starlette); before start."""
         method = method.upper()
-        if self._server is not None:
-            raise ModuleError(f"{self._label()}: route {method} {path} added after the server started")
+        table = self._staged if self._staged is not None else self._routes
+        if self._server is not None and self._staged is None:
+            raise ModuleError(f"{self._label()}: route {method} {path} added after the server started "
+                              "(outside a staged route swap)")
         if not path.startswith("/"):
             raise ModuleError(f"{self._label()}: route path {path!r} must start with '/'")
         try:
             compile_path(path)
         except ValueError as exc:
             raise ModuleError(f"{self._label()}: invalid route path {path!r}: {exc}") from exc
-        methods = self._routes.setdefault(path, {})
+        methods = table.setdefault(path, {})
         if method in methods:
             raise ModuleError(f"{self._label()}: route {method} {path} is already registered")
         methods[method] = _RouteDecl(endpoint, middleware)
 
+    def stage_routes(self) -> None:
+        """Begin a new route table (config apply): `add_route` fills it; the served routes stay until commit."""
+        self._staged = {}
+
+    def commit_routes(self) -> None:
+        """Serve the staged routes from now on; requests in flight finish on the routes they started with."""
+        if self._staged is None:
+            return
+        self._routes, self._staged = self._staged, None
+        if self._switch is not None:
+            self._switch.app = self._build_app()
+
+    def discard_routes(self) -> None:
+        """Drop the staged routes (the config apply failed)."""
+        self._staged = None
+
     async def start(self) -> None:
         """Bind, start serving in an owned task, and return once the server is listening."""
-        app = self._build_app()
+        app = self._switch = _Switch(self._build_app())
         sock = self._bind()
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, interface="asgi3",
