@@ -118,6 +118,37 @@ def run(
 register_client_commands(app)
 
 
+db = typer.Typer(help="Store maintenance.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade(
+    store: Annotated[str, typer.Option("--store", envvar="WORKFLOW_STORE", help="Store URL to migrate.")] = (
+        "sqlite:///./workflow.db"),
+) -> None:
+    """Apply pending store migrations (the engine also does it at start unless engine.auto_migrate is false)."""
+    import asyncio
+
+    from workflow_engine.errors import WorkflowEngineError
+    from workflow_engine.store.factory import open_store_from_url
+
+    async def upgrade() -> int:
+        target = open_store_from_url(store)
+        try:
+            await target.open(migrate=True)
+            return await target.schema_version()
+        finally:
+            await target.close()
+
+    try:
+        version = asyncio.run(upgrade())
+    except WorkflowEngineError as err:
+        typer.echo(f"workflow db upgrade: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"store schema at version {version}")
+
+
 def main() -> None:
     """Entry point of the `workflow` console script."""
     app()

@@ -48,6 +48,10 @@ class EngineConfig(Strict):
         default_factory=list, description="Environment variables visible to templates as `env.NAME`."
     )
     loop_lag_interval: Duration = Field(0.25, description="How often the event loop lag is sampled.")
+    auto_migrate: bool = Field(
+        True, description="Apply store migrations at start; false: refuse an out-of-date schema (`workflow db "
+        "upgrade` applies them).",
+    )
     lease: Duration = Field(
         15.0, gt=0, description="How long an execution stays owned by a replica that stopped heartbeating."
     )

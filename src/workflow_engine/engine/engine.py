@@ -131,7 +131,7 @@ class Engine:
         while True:
             self.health.set_component("store", "store", ModuleState.STARTING)
             try:
-                await self.store.open()
+                await self.store.open(migrate=self.app.engine.auto_migrate)
                 digest = hashlib.sha256(self.app.source_text.encode()).hexdigest()
                 self.recorder.config_version = await self.store.save_config(self.app.source_text, digest)
                 break
