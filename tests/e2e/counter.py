@@ -50,7 +50,7 @@ def counter_server() -> Iterator[tuple[CallCounter, str]]:
     counter = CallCounter()
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(counter.app(), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+                                           lifespan="off", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=10)

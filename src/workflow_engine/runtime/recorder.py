@@ -93,6 +93,15 @@ class Recorder:
         """Take a failed or cancelled execution back to run it again."""
         return await self.store.claim_one(record.id, self.owner, time.time() + self.lease, expect=record.status)
 
+    async def take(self, record: ExecutionRecord) -> bool:
+        """Own an execution nobody runs: parked, or queued/running with an expired lease."""
+        now = time.time()
+        if record.status not in (Status.PARKED, Status.QUEUED, Status.RUNNING):
+            return False
+        if record.status is not Status.PARKED and (record.lease_expires_at or 0) > now and record.owner:
+            return False
+        return await self.store.claim_one(record.id, self.owner, now + self.lease, expect=record.status)
+
     async def claim(self, limit: int) -> list[ExecutionRecord]:
         """Executions nobody holds (expired leases, due timers), now owned here."""
         now = time.time()

@@ -335,11 +335,8 @@ class Runtime:
             if record is None:
                 raise WorkflowEngineError(f"no execution '{execution_id}'", code="not_found", http_status=404)
             execution = Execution.from_record(record)
-            if not execution.finished:  # parked, or held by another replica: the store decides
-                execution.settle(ExecutionStatus.CANCELLED,
-                                 exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
-                await self.recorder.finished(execution, durable=True)
-                execution.resolve()
+            if not execution.finished:
+                await self._cancel_elsewhere(record, execution)
             return execution
         if execution.finished:
             return execution
@@ -353,6 +350,18 @@ class Runtime:
         # else launched but not yet running: a task cancelled before its first step never enters `_run`, which
         # would leave the slot taken and `done` unresolved; `_run` sees `cancel_requested` and settles it instead.
         return execution
+
+    async def _cancel_elsewhere(self, record: ExecutionRecord, execution: Execution) -> None:
+        """Cancel an execution this replica does not run: take it first (parked, or its owner is gone), so
+        that a replica running it cannot finish it over the cancellation."""
+        if not await self.recorder.take(record):
+            raise WorkflowEngineError(
+                f"execution {record.id} is running on replica '{record.owner}'; cancel it through that replica "
+                "(or again once its lease expires)", code="conflict", http_status=409)
+        execution.settle(ExecutionStatus.CANCELLED,
+                         exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
+        await self.recorder.finished(execution, durable=True)
+        execution.resolve()
 
     async def wait_finished(self, execution: Execution) -> Execution:
         """Wait until `execution` finished, here or on another replica (then by polling the store)."""

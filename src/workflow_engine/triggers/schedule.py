@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
@@ -24,7 +25,10 @@ log = structlog.get_logger("workflow_engine.schedule")
 class ScheduleConfig(Strict):
     cron: str | None = Field(None, description="Cron expression: 5 fields, or 6 with seconds as the last field.")
     timezone: str = Field("UTC", description="IANA timezone the cron expression is read in.")
-    every: Duration | None = Field(None, gt=0, description="Fixed interval instead of cron, e.g. 30s.")
+    every: Duration | None = Field(
+        None, gt=0, description="Fixed interval instead of cron, e.g. 30s; ticks fall on multiples of it since the "
+        "Unix epoch, so all replicas agree on them.",
+    )
     input: dict[str, Any] = Field(default_factory=dict, description="Extra input merged with `scheduled_at`.")
     catch_up: Literal["skip", "run_once"] = Field(
         "skip", description="Ticks missed while no replica ran: skip them, or run once for the latest one."
@@ -64,7 +68,13 @@ class ScheduleTrigger(Trigger):
     def next_fire(self, now: datetime) -> datetime:
         """The first tick strictly after `now`."""
         if self.config.every is not None:
-            return datetime.fromtimestamp(now.timestamp() + self.config.every, UTC)
+            # On the interval's grid from the Unix epoch, not `now + every`: every replica then computes the same
+            # ticks, and the store's unique (workflow, tick) row lets exactly one of them fire each.
+            every = self.config.every
+            tick = (math.floor(now.timestamp() / every) + 1) * every
+            if tick <= now.timestamp():  # float rounding at a grid point
+                tick += every
+            return datetime.fromtimestamp(tick, UTC)
         assert self.config.cron is not None
         zone = ZoneInfo(self.config.timezone)
         fire: datetime = croniter(self.config.cron, now.astimezone(zone)).get_next(datetime)
