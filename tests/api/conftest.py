@@ -67,6 +67,10 @@ class Api:
         """POST with the token of `role`."""
         return await self.http.post(path, headers={**bearer(role), **(headers or {})}, json=json, content=content)
 
+    async def put(self, path: str, role: str = "admin", *, content: str) -> httpx.Response:
+        """PUT YAML text with the token of `role`."""
+        return await self.http.put(path, headers={**bearer(role), "Content-Type": "text/yaml"}, content=content)
+
 
 @asynccontextmanager
 async def api_engine(workflows: str, *, tokens: str | None = None) -> AsyncIterator[Api]:

@@ -171,3 +171,27 @@ async def test_openapi_document_is_served_at_the_root_with_api_paths() -> None:
     assert status["security"] == [{"HTTPBearer": []}]
     json.dumps(document)
     assert fastapi_own.status_code == 404  # no unauthenticated copy under /api
+
+
+async def test_put_config_applies_a_valid_config_and_refuses_a_bad_one_untouched() -> None:
+    async with api_engine(WORKFLOWS) as api:
+        running = (await api.get("/api/config")).json()
+        changed = running["text"].replace("greeting: hi", "greeting: hello")
+        assert changed != running["text"]
+        viewer = await api.put("/api/config", "operator", content=changed)
+        applied = await api.put("/api/config", "admin", content=changed)
+        after = (await api.get("/api/config")).json()
+        started = await api.post("/api/workflows/hello/executions?wait=true", "operator", json=None)
+        detail = (await api.get(f"/api/executions/{started.json()['id']}")).json()
+        broken = await api.put("/api/config", "admin", content=changed.replace("concurrency: 3", "concurrency: 0"))
+        unchanged = (await api.get("/api/config")).json()
+    assert viewer.status_code == 403
+    assert applied.status_code == 200
+    assert applied.json()["applied"] is True
+    assert after["version"] == applied.json()["version"] != running["version"]
+    assert after["text"] == changed
+    greet = next(step for step in detail["steps"] if step["step"] == "greet")
+    assert greet["output"] == {"greeting": "hello"}  # the new generation ran
+    assert broken.status_code == 422
+    assert [i["path"] for i in broken.json()["issues"]] == ["workflows.hello.concurrency"]
+    assert unchanged == after

@@ -31,7 +31,8 @@ from tests.e2e.process import engine_process, sample, wait_until
 APP = Path(__file__).parent / "replicas.yaml"
 PG_URL = os.environ.get("WORKFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 EXECUTIONS = 4
-SCHEDULE_WINDOW = 13.0  # seconds both replicas run the schedules side by side
+# Seconds both replicas run the schedules side by side; REPLICA_SCHEDULE_SECONDS=180 runs the longer check.
+SCHEDULE_WINDOW = float(os.environ.get("REPLICA_SCHEDULE_SECONDS", "13"))
 
 
 def _pg(query: str, *args: Any, schema: str | None = None) -> list[asyncpg.Record]:
@@ -129,7 +130,7 @@ def test_schedules_on_two_replicas_fire_once_per_tick(store: tuple[str, str]) ->
         per_tick = Counter(_scheduled_at(row["input"]) for row in rows)
         assert set(per_tick.values()) == {1}, f"{workflow}: ticks run more than once: {per_tick}"
         ticks = sorted(per_tick)
-        assert len(ticks) >= 10, f"{workflow}: {len(ticks)} ticks"
+        assert len(ticks) >= SCHEDULE_WINDOW * 0.75, f"{workflow}: {len(ticks)} ticks"
         # Both replicas compute the same ticks, so no two are closer than the 1 s period.
         gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(ticks)]
         assert min(gaps) >= 0.999, f"{workflow}: ticks closer than the period: {gaps}"
