@@ -172,3 +172,16 @@ async def test_closed_store_refuses_operations(make_store: StoreFactory) -> None
     await store.close()
     with pytest.raises(StoreError, match="not open"):
         await store.get_execution("e1")
+
+
+async def test_create_executions_inserts_a_batch_in_one_call(store: Store) -> None:
+    records = [ExecutionRecord(id=f"s{n}", workflow="fast", trigger="http", input={"n": n}, status=Status.SUCCESS,
+                               output={"done": n}, finished_at=1700000000.0 + n, durable=False) for n in range(50)]
+    await store.create_executions(records)
+    await store.create_executions([])
+    page = await store.list_executions(workflow="fast", limit=500)
+    assert sorted(r.id for r in page.items) == sorted(r.id for r in records)
+    fetched = await store.get_execution("s7")
+    assert fetched is not None
+    assert (fetched.status, fetched.output, fetched.durable, fetched.created_at > 0) == (
+        Status.SUCCESS, {"done": 7}, False, True)

@@ -18,6 +18,7 @@ from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 log = structlog.get_logger("workflow_engine.recorder")
 
 SUMMARY_BUFFER = 10_000
+SUMMARY_BATCH = 500
 
 
 class Recorder:
@@ -115,14 +116,24 @@ class Recorder:
         """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
         try:
             while True:
-                record = await self._summaries.get()
-                await self._write_summary(record)
+                batch = [await self._summaries.get()]
+                await self._write_summaries(batch)
         finally:
-            while not self._summaries.empty():
-                await self._write_summary(self._summaries.get_nowait())
+            await self._write_summaries([])
 
-    async def _write_summary(self, record: ExecutionRecord) -> None:
-        try:
-            await self.store.create_execution(record)
-        except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
-            log.error("summary row not written", execution_id=record.id, workflow_type=record.workflow, error=exc)
+    async def _write_summaries(self, batch: list[ExecutionRecord]) -> None:
+        """Write `batch` plus whatever else is queued, up to SUMMARY_BATCH rows per transaction: one commit
+        for many rows is what keeps `durable: false` cheap under load."""
+        while True:
+            while len(batch) < SUMMARY_BATCH and not self._summaries.empty():
+                batch.append(self._summaries.get_nowait())
+            if not batch:
+                return
+            try:
+                await self.store.create_executions(batch)
+            except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
+                log.error("summary rows not written", count=len(batch), workflows=sorted({r.workflow for r in batch}),
+                          error=exc)
+            if self._summaries.empty():
+                return
+            batch = []

@@ -53,6 +53,8 @@ class Runtime:
         self.workflows = workflows
         self.metrics = metrics
         self.recorder = recorder
+        # Resolved once (binding the module's lazy proxy re-resolves the logger on every execution).
+        self._log = log.bind()
         self.poll_interval = 0.5
         self.park_after = 30.0
         self.gates = {name: Gate(name, wf.defn.concurrency, wf.defn.queue_size) for name, wf in workflows.items()}
@@ -198,7 +200,7 @@ class Runtime:
         execution.status = ExecutionStatus.RUNNING
         meters.active.inc()
         structlog.contextvars.bind_contextvars(execution_id=execution.id, workflow_type=execution.workflow)
-        logger = log.bind(execution_id=execution.id, workflow_type=execution.workflow)
+        logger = self._log.bind(execution_id=execution.id, workflow_type=execution.workflow)
         ctx = StepContext(execution, self.services, logger, durable)
         scope: dict[str, Any] = {
             "input": execution.input, "steps": execution.steps, "env": self.services.env,

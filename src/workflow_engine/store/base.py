@@ -50,6 +50,10 @@ class Store(ABC):
         """Insert `record`; with an idempotency key already used for its workflow, return that one and False."""
 
     @abstractmethod
+    async def create_executions(self, records: Sequence[ExecutionRecord]) -> None:
+        """Insert rows without idempotency keys in one transaction (summary rows of `durable: false`)."""
+
+    @abstractmethod
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
 

@@ -145,6 +145,18 @@ class SqlStore(Store):
             )
         return _execution(existing[0]), False
 
+    async def create_executions(self, records: Sequence[ExecutionRecord]) -> None:
+        """Insert rows without idempotency keys in one transaction (one commit for many summary rows)."""
+        if not records:
+            return
+        now = self._clock()
+        params = [dict(vars(replace(r, created_at=r.created_at or now, updated_at=r.updated_at or now)))
+                  for r in records]
+        statement = self._q.insert_execution
+        runner = self._open_runner("create_executions")
+        async with self._errors("create_executions"):
+            await runner.transaction(lambda conn: conn.execute(statement, params))
+
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
         rows = (await self._execute("get_execution", self._q.get_execution, {"id": execution_id})).rows

@@ -158,9 +158,11 @@ async def _request_input(request: Request) -> dict[str, Any] | Response:
     body = _parse_body(raw, request.headers.get("content-type", "")) if raw else None
     if isinstance(body, Response):
         return body
+    scope = request.scope
+    # Read from the ASGI scope: building `request.url` costs more than the rest of this function.
     return {
-        "method": request.method, "path": request.url.path, "params": dict(request.path_params),
-        "query": dict(request.query_params), "query_string": request.url.query,
+        "method": request.method, "path": scope["path"], "params": dict(request.path_params),
+        "query": dict(request.query_params), "query_string": scope["query_string"].decode("latin-1"),
         "headers": dict(request.headers), "body": body,
     }
 
