@@ -126,7 +126,7 @@ def test_schedules_on_two_replicas_fire_once_per_tick(store: tuple[str, str]) ->
             assert a.stop() == 0
 
     for workflow in ("tick-every", "tick-cron"):
-        rows = _pg("select input, status from executions where workflow = $1", workflow, schema=schema)
+        rows = _pg("select input, status, error from executions where workflow = $1", workflow, schema=schema)
         per_tick = Counter(_scheduled_at(row["input"]) for row in rows)
         assert set(per_tick.values()) == {1}, f"{workflow}: ticks run more than once: {per_tick}"
         ticks = sorted(per_tick)
@@ -134,7 +134,7 @@ def test_schedules_on_two_replicas_fire_once_per_tick(store: tuple[str, str]) ->
         # Both replicas compute the same ticks, so no two are closer than the 1 s period.
         gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(ticks)]
         assert min(gaps) >= 0.999, f"{workflow}: ticks closer than the period: {gaps}"
-        assert {row["status"] for row in rows} == {"success"}
+        assert {row["status"] for row in rows} == {"success"}, [row["error"] for row in rows if row["error"]]
         assert counter.calls[workflow] == len(rows)  # the step ran once per tick
         fired = _pg("select count(*) from schedule_ticks where workflow = $1", workflow, schema=schema)
         assert fired[0][0] == len(ticks)
