@@ -32,6 +32,10 @@ class HttpClientConfig(Strict):
     connect_timeout: Duration = Field(5.0, description="Deadline for opening a connection.")
     max_connections: int = Field(100, ge=1, description="Open connections at most.")
     max_keepalive: int = Field(20, ge=0, description="Idle connections kept for reuse.")
+    keepalive_expiry: Duration = Field(
+        2.0, gt=0, description="Idle connections are closed after this; keep it below the servers' keep-alive "
+        "timeout (5 s for uvicorn and many others), or a request may meet a connection the server is closing.",
+    )
     circuit_breaker: CircuitBreakerConfig | None = Field(
         None, description="Refuse calls fast after repeated 5xx answers, timeouts or connection errors."
     )
@@ -83,7 +87,8 @@ class HttpClient(Module):
             headers=cfg.headers,
             timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.connect_timeout, cfg.timeout)),
             limits=httpx.Limits(
-                max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_keepalive
+                max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_keepalive,
+                keepalive_expiry=cfg.keepalive_expiry
             ),
             verify=cfg.verify_tls,
             follow_redirects=cfg.follow_redirects,
