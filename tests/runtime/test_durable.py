@@ -414,3 +414,24 @@ async def test_an_execution_another_live_replica_runs_cannot_be_cancelled_over_i
         await runner.runtime.cancel(execution.id)
         assert (await reaches(probe, execution.id, Status.CANCELLED)).status is Status.CANCELLED
         counter.release()
+
+
+async def test_durable_executions_still_queued_at_shutdown_are_released_not_cancelled(
+    store_url: str, probe: Store
+) -> None:
+    async with engine_on(store_url, app_yaml("""
+        one-at-a-time:
+          concurrency: 1
+          steps:
+            - sleep: 60s
+    """, engine="{shutdown_grace: 100ms, park_after: 1h, lease: 30s}")) as engine:
+        running = await engine.runtime.admit("one-at-a-time", {}, trigger="manual")
+        queued = await engine.runtime.admit("one-at-a-time", {}, trigger="manual")
+        await reaches(probe, running.id, Status.RUNNING)
+    # Both were interrupted by the shutdown: left in the store for the next replica, owned by nobody.
+    for execution, status in ((running, Status.RUNNING), (queued, Status.QUEUED)):
+        record = await reaches(probe, execution.id, status)
+        assert (record.owner, record.error) == (None, None)
+        assert execution.response is not None
+        assert execution.response.status == 503
+        assert execution.response.body["error"]["code"] == "interrupted"

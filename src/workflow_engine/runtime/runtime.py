@@ -273,9 +273,7 @@ class Runtime:
                 await self.recorder.finished(execution, durable)
             elif execution.status is not ExecutionStatus.PARKED:
                 await self.recorder.release(execution)
-                execution.set_response(Response(503, {"error": {
-                    "code": "interrupted", "message": "the engine stopped; the execution resumes on restart or "
-                    "on another replica"}, "execution_id": execution.id}, {"X-Execution-Id": execution.id}))
+                _interrupted(execution)
         except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
             log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,
                       error=exc)
@@ -434,6 +432,7 @@ class Runtime:
                 self.meters[execution.workflow].queued.dec()
                 if self.workflows[execution.workflow].defn.durable:
                     await self.recorder.release(execution)
+                    _interrupted(execution)
                     self._drop(execution)
                 else:
                     await self._settle_unstarted(execution)
@@ -447,3 +446,10 @@ class Runtime:
         tasks = [e.task for e in running if e.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+
+def _interrupted(execution: Execution) -> None:
+    """Tell an HTTP caller waiting for `execution` that this replica stopped before it finished."""
+    execution.set_response(Response(503, {"error": {
+        "code": "interrupted", "message": "the engine stopped; the execution resumes on restart or on another "
+        "replica"}, "execution_id": execution.id}, {"X-Execution-Id": execution.id, "Retry-After": "5"}))
