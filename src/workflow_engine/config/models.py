@@ -92,7 +92,8 @@ class WorkflowDecl(Strict):
         1000, ge=0, description="Executions waiting for a slot before new ones are refused (HTTP 503)."
     )
     durable: bool = Field(
-        True, description="Checkpoint every step (resume after a crash); false keeps only a summary row."
+        True, description="Checkpoint every step (resume after a crash); false keeps only a summary row (status, "
+        "times, output, error).",
     )
 
 

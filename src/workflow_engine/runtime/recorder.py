@@ -77,6 +77,9 @@ class Recorder:
                                               finished_at)
             return
         record = self._record(execution, execution.status, durable=False)
+        # A summary: what ran, when, and how it ended. Input and output (request headers and bodies) would
+        # make it the largest cost of a `durable: false` request; they are kept only by durable workflows.
+        record.input = None
         record.output, record.error, record.finished_at = execution.output, execution.error, finished_at
         await self._summaries.put(record)
 
