@@ -232,3 +232,12 @@ async def test_api_requests_are_counted_by_route_template() -> None:
     assert sample(metrics, "http_requests_total", **started) == 1
 
 
+
+
+async def test_an_unreachable_store_answers_503_not_500() -> None:
+    async with api_engine(WORKFLOWS) as api:
+        await api.engine.store.close()  # as if the database went away under the running engine
+        response = await api.get("/api/executions")
+        await api.engine.store.open()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "store_error"

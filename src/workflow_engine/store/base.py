@@ -11,9 +11,11 @@ from workflow_engine.store.records import ExecutionRecord, Page, Status, StepRec
 
 
 class StoreError(WorkflowEngineError):
-    """The store failed or refused an operation; never ignored."""
+    """The store failed or refused an operation; never ignored. For API callers the store being unreachable
+    is a dependency failure (503), not a fault of the engine (500)."""
 
     code = "store_error"
+    http_status = 503
 
 
 class SchemaTooNewError(StoreError):
