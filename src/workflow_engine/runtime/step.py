@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,12 +57,12 @@ class StepContext:
     durable: bool = False
 
 
-class Step:
+class Step(ABC):
     """Base class of step implementations."""
 
+    @abstractmethod
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         """Do the step's work and return its output (`steps.<id>.output`)."""
-        raise NotImplementedError  # abstract: every registered step type overrides it
 
     def nested(self) -> list[list[StepNode]]:
         """The step lists this step runs (control steps override it)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -58,14 +59,15 @@ def make_environment() -> SandboxEnvironment:
     return env
 
 
-class Value:
+class Value(ABC):
     """A compiled config value; `render(scope)` gives its value for one execution."""
 
     __slots__ = ()
     is_constant = False
 
+    @abstractmethod
     def render(self, scope: Mapping[str, Any]) -> Any:
-        raise NotImplementedError  # every subclass renders; this base is never instantiated
+        """The value for one execution's scope."""
 
     def __bool__(self) -> bool:
         return True
