@@ -25,7 +25,7 @@ from workflow_engine.store.migrations import LATEST, apply_migrations, check_ver
 from workflow_engine.store.paging import decode_cursor, encode_cursor, list_statement, page_size
 from workflow_engine.store.records import ExecutionRecord, Page, Status, StepRecord
 from workflow_engine.store.runner import Outcome, Runner, runner_for
-from workflow_engine.store.schema import EXECUTION_FIELDS
+from workflow_engine.store.schema import EXECUTION_FIELDS, JsonText, executions
 from workflow_engine.store.statements import statements_for, update_statement
 
 _UPDATABLE = EXECUTION_FIELDS - {"id"}
@@ -150,12 +150,18 @@ class SqlStore(Store):
         if not records:
             return
         now = self._clock()
-        params = [dict(vars(replace(r, created_at=r.created_at or now, updated_at=r.updated_at or now)))
-                  for r in records]
-        statement = self._q.insert_execution
+        records = [replace(r, created_at=r.created_at or now, updated_at=r.updated_at or now) for r in records]
         runner = self._open_runner("create_executions")
         async with self._errors("create_executions"):
-            await runner.transaction(lambda conn: conn.execute(statement, params))
+            if self._target.dialect == "sqlite":
+                # The driver's executemany with plain tuples: SQLAlchemy's per-row bind processing cost ~40 us
+                # a row here, the bulk of a `durable: false` request's summary write.
+                rows = [_row(r) for r in records]
+                await runner.transaction(lambda conn: conn.exec_driver_sql(_INSERT_EXECUTION_SQLITE, rows))
+            else:
+                params = [dict(vars(r)) for r in records]
+                statement = self._q.insert_execution
+                await runner.transaction(lambda conn: conn.execute(statement, params))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
@@ -318,3 +324,23 @@ class SqlStore(Store):
         executions = await self._execute("prune", self._q.prune_executions, params)
         ticks = await self._execute("prune", self._q.prune_ticks, params)
         return executions.rowcount + ticks.rowcount
+
+
+_EXECUTION_COLUMNS = tuple(column.name for column in executions.columns)
+_JSON_COLUMNS = frozenset(column.name for column in executions.columns if isinstance(column.type, JsonText))
+_INSERT_EXECUTION_SQLITE = (f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(_EXECUTION_COLUMNS))})")
+
+
+def _row(record: ExecutionRecord) -> tuple[Any, ...]:
+    """`record` as the driver's parameter tuple, converted as the table's column types convert it."""
+    values = vars(record)
+    out: list[Any] = []
+    for name in _EXECUTION_COLUMNS:
+        value = values[name]
+        if name in _JSON_COLUMNS:
+            value = None if value is None else orjson.dumps(value).decode()
+        elif name == "status":
+            value = str(value)
+        out.append(value)
+    return tuple(out)
