@@ -80,3 +80,15 @@ class Metrics:
         """Count one module operation and observe its duration."""
         self.module_operations.labels(module, name, operation, status).inc()
         self.module_operation_duration.labels(module, name, operation).observe(seconds)
+
+
+class WorkflowMeters:
+    """The metric children of one workflow type, resolved once (label lookups are not free on a hot path)."""
+
+    def __init__(self, metrics: Metrics, workflow: str) -> None:
+        self.active = metrics.active_workflows.labels(workflow)
+        self.queued = metrics.queue_depth.labels(workflow)
+        self.duration = metrics.workflow_duration.labels(workflow)
+        self.finished = {s: metrics.workflow_executions.labels(workflow, s) for s in ("success", "error", "cancelled")}
+        self.active.set(0)
+        self.queued.set(0)

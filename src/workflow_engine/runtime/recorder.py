@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from workflow_engine.runtime.execution import Execution, ExecutionStatus
+from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response
 from workflow_engine.store.base import Store
 from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
@@ -96,6 +96,13 @@ class Recorder:
     async def claim_for_retry(self, record: ExecutionRecord) -> bool:
         """Take a failed or cancelled execution back to run it again."""
         return await self.store.claim_one(record.id, self.owner, time.time() + self.lease, expect=record.status)
+
+    async def recorded_response(self, execution_id: str) -> Response | None:
+        """The answer a `respond` step of the execution gave, read back from its checkpoints."""
+        for step in await self.store.load_steps(execution_id):
+            if "status" in step.extra and "headers" in step.extra:
+                return Response(step.extra["status"], step.output, step.extra["headers"])
+        return None
 
     async def take(self, record: ExecutionRecord) -> bool:
         """Own an execution nobody runs: parked, or queued/running with an expired lease."""

@@ -18,7 +18,7 @@ from workflow_engine.errors import (
     WorkflowTimeoutError,
 )
 from workflow_engine.ids import uuid7
-from workflow_engine.observability.metrics import Metrics
+from workflow_engine.observability.metrics import Metrics, WorkflowMeters
 from workflow_engine.runtime.admission import Gate
 from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response, error_dict
 from workflow_engine.runtime.interpreter import run_nodes
@@ -34,18 +34,6 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 RECENT_EXECUTIONS = 1000
 
 
-class _Meters:
-    """Metric children of one workflow type, resolved once (label lookups are not free)."""
-
-    def __init__(self, metrics: Metrics, workflow: str) -> None:
-        self.active = metrics.active_workflows.labels(workflow)
-        self.queued = metrics.queue_depth.labels(workflow)
-        self.duration = metrics.workflow_duration.labels(workflow)
-        self.finished = {s: metrics.workflow_executions.labels(workflow, s) for s in ("success", "error", "cancelled")}
-        self.active.set(0)
-        self.queued.set(0)
-
-
 class Runtime:
     """Admits executions, runs them as owned tasks, and drains them on shutdown."""
 
@@ -58,7 +46,7 @@ class Runtime:
         self.poll_interval = 0.5
         self.park_after = 30.0
         self.gates = {name: Gate(name, wf.defn.concurrency, wf.defn.queue_size) for name, wf in workflows.items()}
-        self.meters = {name: _Meters(metrics, name) for name in workflows}
+        self.meters = {name: WorkflowMeters(metrics, name) for name in workflows}
         self.live: dict[str, Execution] = {}
         self.recent: OrderedDict[str, Execution] = OrderedDict()
         self.services: Services | None = None
@@ -77,7 +65,7 @@ class Runtime:
             gate = self.gates.get(name)
             if gate is None:
                 self.gates[name] = Gate(name, workflow.defn.concurrency, workflow.defn.queue_size)
-                self.meters[name] = _Meters(self.metrics, name)
+                self.meters[name] = WorkflowMeters(self.metrics, name)
             else:
                 gate.concurrency = workflow.defn.concurrency
                 gate.queue_size = workflow.defn.queue_size
@@ -377,13 +365,6 @@ class Runtime:
                 return execution
             if record.status in FINISHED:
                 return Execution.from_record(record)
-
-    async def recorded_response(self, execution: Execution) -> Response | None:
-        """The answer a `respond` step of `execution` gave, read back from its checkpoints."""
-        for step in await self.recorder.store.load_steps(execution.id):
-            if "status" in step.extra and "headers" in step.extra:
-                return Response(step.extra["status"], step.output, step.extra["headers"])
-        return None
 
     async def retry(self, execution_id: str) -> Execution:
         """Run a failed or cancelled execution again from its failed step (completed steps are kept)."""

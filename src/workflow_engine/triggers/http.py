@@ -190,7 +190,7 @@ async def _duplicate_response(runtime: Runtime, execution: Execution) -> Respons
     if not execution.finished:
         return json_response(202, {"execution_id": execution.id, "status": str(execution.status)},
                              {"X-Execution-Id": execution.id})
-    execution.response = await runtime.recorded_response(execution)
+    execution.response = await runtime.recorder.recorded_response(execution.id)
     return execution_response(execution)
 
 
