@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import uvicorn
@@ -157,3 +158,20 @@ class CallCounter:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/call", self.handle, methods=["GET", "POST"])])
+
+
+class TaskOwner:
+    """Owns the tasks a module or bus spawns during a test; cancels leftovers at teardown."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.factories import TaskOwner
 from workflow_engine.errors import WorkflowEngineError
 from workflow_engine.modules.eventbus.memory import Event, EventBus, validate_pattern
-
-
-class Owner:
-    """Owns the subscriber tasks of one bus for a test; cancels them at teardown."""
-
-    def __init__(self) -> None:
-        self.tasks: list[asyncio.Task[Any]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self.tasks.append(task)
-        return task
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class Inbox:
@@ -43,7 +26,7 @@ class Inbox:
 
 @pytest.fixture
 async def bus() -> AsyncIterator[EventBus]:
-    owner = Owner()
+    owner = TaskOwner()
     event_bus = EventBus(buffer=100)
     event_bus.start(owner.spawn)
     yield event_bus
@@ -182,7 +165,7 @@ async def test_a_failing_handler_does_not_stop_the_subscriber(bus: EventBus) -> 
 
 
 async def test_subscribers_added_before_start_begin_consuming_at_start() -> None:
-    owner = Owner()
+    owner = TaskOwner()
     event_bus = EventBus()
     inbox = Inbox()
     subscription = event_bus.subscribe("early", inbox, name="early")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.factories import TaskOwner
 from workflow_engine.modules.base import ModuleContext
 from workflow_engine.modules.http.middleware import Endpoint, MiddlewareConfig
 from workflow_engine.modules.http.server import HttpServer, HttpServerConfig
@@ -28,21 +28,6 @@ class FakeClock:
         self.now += seconds
 
 
-class Tasks:
-    """Owns the tasks modules spawn during a test; cancels leftovers at teardown."""
-
-    def __init__(self) -> None:
-        self.tasks: list[asyncio.Task[Any]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self.tasks.append(task)
-        return task
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 Route = tuple[str, str, Endpoint] | tuple[str, str, Endpoint, MiddlewareConfig | None]
@@ -60,14 +45,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def tasks() -> AsyncIterator[Tasks]:
-    owner = Tasks()
+async def tasks() -> AsyncIterator[TaskOwner]:
+    owner = TaskOwner()
     yield owner
     await owner.close()
 
 
 @pytest.fixture
-def make_ctx(metrics: Metrics, tasks: Tasks) -> Callable[[str], ModuleContext]:
+def make_ctx(metrics: Metrics, tasks: TaskOwner) -> Callable[[str], ModuleContext]:
     def make(name: str) -> ModuleContext:
         return ModuleContext(name=name, metrics=metrics, modules={}, spawn_task=tasks.spawn)
 
