@@ -152,3 +152,16 @@ class ExecutionCancelledError(WorkflowEngineError):
 
     code = "cancelled"
     http_status = 409
+
+
+class BrokerError(ModuleError):
+    """A broker module could not publish, consume or settle a message (the message itself is not lost)."""
+
+    code = "broker_error"
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker cannot be reached now; the module reconnects with capped backoff (state `retrying`)."""
+
+    code = "broker_unavailable"
+    http_status = 503

@@ -31,6 +31,7 @@ class ModuleSupervisor:
         self.attempts = 0
         self.started = False
         self._set(ModuleState.CREATED, None)
+        module.state_listener = self._reported
 
     def _set(self, state: ModuleState, detail: str | None) -> None:
         self.state = state
@@ -79,6 +80,11 @@ class ModuleSupervisor:
             log.error("module failed to stop", module=self.module.name, error=exc)
         self.started = False
         self._set(ModuleState.STOPPED, None)
+
+    def _reported(self, state: ModuleState, detail: str | None) -> None:
+        """A started module reports a change itself (a broker lost its connection, or has it back)."""
+        if self.started and self.state is not ModuleState.STOPPING:
+            self._set(state, detail)
 
     def failed(self, exc: BaseException) -> None:
         """A task the module owns crashed: the module is no longer ready."""

@@ -35,6 +35,13 @@ class Module:
     def __init__(self, name: str, ctx: ModuleContext) -> None:
         self.name = name
         self.ctx = ctx
+        # Set by the engine's supervisor: how a started module reports a state change (a lost connection).
+        self.state_listener: Callable[[ModuleState, str | None], None] | None = None
+
+    def report_state(self, state: ModuleState, detail: str | None = None) -> None:
+        """Tell readiness about a change after start: `RETRYING` while a connection is down, `READY` when back."""
+        if self.state_listener is not None:
+            self.state_listener(state, detail)
 
     async def start(self) -> None:
         """Acquire resources; return when ready to serve."""

@@ -67,6 +67,14 @@ class Metrics:
             "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ["module", "name"],
             registry=reg,
         )
+        self.broker_messages = Counter(
+            "broker_messages_total", "Broker messages published (direction out) and consumed (direction in).",
+            ["broker", "topic", "direction", "status"], registry=reg,
+        )
+        self.broker_backlog = Gauge(
+            "broker_backlog", "Messages a consumer group has not acknowledged yet, where the broker can tell.",
+            ["broker", "topic"], registry=reg,
+        )
         self.asyncio_tasks = Gauge("asyncio_tasks", "Live asyncio tasks.", registry=reg)
         self.event_loop_lag = Histogram(
             "event_loop_lag_seconds", "Scheduling delay of the event loop.", buckets=LAG_BUCKETS, registry=reg
