@@ -155,15 +155,19 @@ class HttpTrigger(Trigger):
 
 async def _request_input(request: Request) -> dict[str, Any] | Response:
     raw = await request.body()
-    body = _parse_body(raw, request.headers.get("content-type", "")) if raw else None
+    scope = request.scope
+    # Read from the ASGI scope: Starlette's `url`, `headers` and `query_params` objects cost more than the
+    # rest of this function. Same results: lower-case header names, the first of repeated headers, the last
+    # of repeated query parameters.
+    headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in reversed(scope["headers"])}
+    body = _parse_body(raw, headers.get("content-type", "")) if raw else None
     if isinstance(body, Response):
         return body
-    scope = request.scope
-    # Read from the ASGI scope: building `request.url` costs more than the rest of this function.
+    query_string = scope["query_string"].decode("latin-1")
     return {
-        "method": request.method, "path": scope["path"], "params": dict(request.path_params),
-        "query": dict(request.query_params), "query_string": scope["query_string"].decode("latin-1"),
-        "headers": dict(request.headers), "body": body,
+        "method": scope["method"], "path": scope["path"], "params": dict(scope.get("path_params", ())),
+        "query": dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {},
+        "query_string": query_string, "headers": headers, "body": body,
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from starlette.types import Message, Receive
 from workflow_engine.config.models import Strict
 from workflow_engine.durations import ByteSize, Duration
 from workflow_engine.errors import QueueFullError, WorkflowEngineError
+from workflow_engine.ids import random_hex
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Clock = Callable[[], float]
@@ -232,7 +232,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
 
 def _request_id(endpoint: Endpoint) -> Endpoint:
     async def with_request_id(request: Request) -> Response:
-        request_id = _sane_request_id(_raw_header(request, b"x-request-id")) or os.urandom(16).hex()
+        request_id = _sane_request_id(_raw_header(request, b"x-request-id")) or random_hex(16)
         # Same dict as `request.state`, without building a State object per request.
         request.scope.setdefault("state", {})["request_id"] = request_id
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)

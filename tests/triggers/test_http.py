@@ -1,0 +1,56 @@
+"""The `http` trigger's input: what a workflow sees of the request (read straight from the ASGI scope)."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.factories import running_engine
+from workflow_engine.modules.http.server import HttpServer
+
+APP = """version: 1
+name: app
+engine: {shutdown_grace: 2s, park_after: 1h}
+modules:
+  - name: web
+    type: http.server
+    config: {address: "127.0.0.1:0"}
+workflows:
+  echo:
+    trigger: {http: {server: web, method: POST, path: "/items/{item}"}}
+    steps:
+      - respond: {body: "{{ input }}"}
+"""
+
+
+async def test_the_workflow_input_holds_method_path_params_query_headers_and_body() -> None:
+    async with running_engine(APP) as engine:
+        server = engine.modules["web"]
+        assert isinstance(server, HttpServer)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            answer = await client.post(
+                "/items/a%20b?x=1&x=2&empty=&name=J%C3%B6rg", json={"n": 1},
+                headers=[("X-Trace", "first"), ("X-Trace", "second"), ("X-Custom", "v")])
+    assert answer.status_code == 200
+    seen = answer.json()
+    assert seen["method"] == "POST"
+    assert seen["path"] == "/items/a b"
+    assert seen["params"] == {"item": "a b"}
+    # Repeated query parameters: the last wins; blank values are kept; percent-encoding is decoded.
+    assert seen["query"] == {"x": "2", "empty": "", "name": "Jörg"}
+    assert seen["query_string"] == "x=1&x=2&empty=&name=J%C3%B6rg"
+    # Header names are lower-case; of repeated headers the first is kept.
+    assert seen["headers"]["x-trace"] == "first"
+    assert seen["headers"]["x-custom"] == "v"
+    assert seen["headers"]["content-type"] == "application/json"
+    assert seen["body"] == {"n": 1}
+
+
+async def test_a_request_without_a_query_string_has_an_empty_query() -> None:
+    async with running_engine(APP) as engine:
+        server = engine.modules["web"]
+        assert isinstance(server, HttpServer)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            answer = await client.post("/items/7", content=b"plain text", headers={"content-type": "text/plain"})
+    assert answer.json()["query"] == {}
+    assert answer.json()["query_string"] == ""
+    assert answer.json()["body"] == "plain text"
