@@ -154,6 +154,30 @@ class ExecutionCancelledError(WorkflowEngineError):
     http_status = 409
 
 
+class ComponentLoadError(WorkflowEngineError):
+    """A dynamic component's source was refused (syntax, a forbidden import or name, a missing `execute`);
+    `file` and `line` locate the problem. The running version, if any, keeps serving."""
+
+    code = "component_invalid"
+    http_status = 422
+
+    def __init__(self, file: str, line: int, reason: str) -> None:
+        super().__init__(f"{file}:{line}: {reason}")
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "file": self.file, "line": self.line, "reason": self.reason}
+
+
+class ComponentUnavailableError(StepError):
+    """A `call` step named a dynamic component that has no loaded version (no source yet, or not started)."""
+
+    code = "component_unavailable"
+    http_status = 503
+
+
 class BrokerError(ModuleError):
     """A broker module could not publish, consume or settle a message (the message itself is not lost)."""
 

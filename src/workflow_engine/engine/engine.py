@@ -85,7 +85,7 @@ class Engine:
         config_dir = str(Path(app.source_file).parent) if app.source_file else "."
         for mdef in app.modules:
             spec = registry.modules[mdef.type]
-            ctx = ModuleContext(mdef.name, self.metrics, self.modules, self._spawn, config_dir)
+            ctx = ModuleContext(mdef.name, self.metrics, self.modules, self._spawn, config_dir, self.store)
             self.modules[mdef.name] = module = spec.factory(mdef.name, mdef.config, ctx)
             self.supervisors[mdef.name] = ModuleSupervisor(module, spec.kind, mdef.depends_on, self.health)
         self.wiring = Wiring(self.runtime, self.modules, self.bus, self.metrics)

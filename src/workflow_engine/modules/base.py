@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from workflow_engine.errors import ModuleError
 from workflow_engine.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from workflow_engine.store.base import Store
 
 T = TypeVar("T")
 
@@ -66,6 +69,8 @@ class ModuleContext:
     modules: dict[str, Module]
     spawn_task: Spawn
     config_dir: str = "."
+    # The engine's store (opened before any module starts); None for modules built outside an engine.
+    store: Store | None = None
 
     @property
     def log(self) -> Any:

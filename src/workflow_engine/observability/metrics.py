@@ -75,6 +75,10 @@ class Metrics:
             "broker_backlog", "Messages a consumer group has not acknowledged yet, where the broker can tell.",
             ["broker", "topic"], registry=reg,
         )
+        self.dynamic_component_versions = Gauge(
+            "dynamic_component_versions", "Versions of a dynamic component held in memory: the active one plus "
+            "replaced ones still finishing calls (stays above 1 if old versions leak).", ["name"], registry=reg,
+        )
         self.asyncio_tasks = Gauge("asyncio_tasks", "Live asyncio tasks.", registry=reg)
         self.event_loop_lag = Histogram(
             "event_loop_lag_seconds", "Scheduling delay of the event loop.", buckets=LAG_BUCKETS, registry=reg

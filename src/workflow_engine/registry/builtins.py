@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from workflow_engine.modules.broker import memory as broker_memory
+from workflow_engine.modules.dynamic import component as dynamic_component
 from workflow_engine.modules.http import client as http_client
 from workflow_engine.modules.http import server as http_server
 from workflow_engine.registry.specs import Registry
-from workflow_engine.runtime.steps import control, data, flow, http, wait
+from workflow_engine.runtime.steps import call, control, data, flow, http, wait
 from workflow_engine.triggers import event, manual, schedule
 from workflow_engine.triggers import http as http_trigger
 
-MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC)
+MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC, dynamic_component.SPEC)
 STEPS = (
     data.SET, data.TRANSFORM, data.VALIDATE, http.HTTP, flow.PUBLISH, control.IF, control.SWITCH,
     control.FOREACH, control.PARALLEL, flow.WORKFLOW, flow.RESPOND, flow.LOG, flow.FAIL, flow.SLEEP,
-    wait.WAIT_FOR,
+    wait.WAIT_FOR, call.CALL,
 )
 TRIGGERS = (http_trigger.SPEC, schedule.SPEC, event.SPEC, manual.SPEC)
 

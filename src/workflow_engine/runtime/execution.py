@@ -112,10 +112,12 @@ class Execution:
         """Wait until a `respond` step ran or the execution finished."""
         if self.response is not None or self.finished:
             return
-        if self.responded is None:
+        # One waiter (the HTTP request that started it). A waiter that was cancelled (client gone) leaves a
+        # cancelled future behind, which `set_response`/`resolve` skip; a later waiter gets a fresh one.
+        # (Cheaper than shielding a shared future: no extra future and callbacks per request.)
+        if self.responded is None or self.responded.cancelled():
             self.responded = asyncio.get_running_loop().create_future()
-        # Shielded: a caller that goes away (client disconnect) must not cancel the shared future.
-        await asyncio.shield(self.responded)
+        await self.responded
 
     def finish(self, status: ExecutionStatus, output: Any = None, exc: BaseException | None = None) -> None:
         """Set the result and wake everyone waiting for it."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workflow_engine.errors import WorkflowEngineError
-from workflow_engine.store.records import ExecutionRecord, Page, Status, StepRecord
+from workflow_engine.store.records import ComponentSource, ExecutionRecord, Page, Status, StepRecord
 
 
 class StoreError(WorkflowEngineError):
@@ -133,6 +133,24 @@ class Store(ABC):
     @abstractmethod
     async def get_config(self, version: int) -> str | None:
         """The config text of `version`."""
+
+    # -- dynamic component sources --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def save_component(self, name: str, source: str, digest: str) -> None:
+        """Keep the uploaded source of component `name` (replacing an earlier upload)."""
+
+    @abstractmethod
+    async def get_component(self, name: str) -> ComponentSource | None:
+        """The uploaded source of component `name`, or None."""
+
+    @abstractmethod
+    async def list_components(self) -> list[ComponentSource]:
+        """Every uploaded component source, by name."""
+
+    @abstractmethod
+    async def delete_component(self, name: str) -> bool:
+        """Drop the uploaded source of `name`; whether there was one."""
 
     @abstractmethod
     async def prune(self, finished_before: float, batch: int) -> int:

@@ -106,6 +106,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             },
         ),
     ),
+    Migration(
+        2,
+        "dynamic component sources uploaded through the API",
+        (
+            "CREATE TABLE components (name TEXT PRIMARY KEY, source TEXT NOT NULL, digest TEXT NOT NULL, "
+            "updated_at DOUBLE PRECISION NOT NULL)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

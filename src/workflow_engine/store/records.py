@@ -69,3 +69,13 @@ class Page:
 
     items: list[ExecutionRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSource:
+    """A dynamic component's source uploaded through the API (it overrides the configured file until deleted)."""
+
+    name: str
+    source: str
+    digest: str
+    updated_at: float

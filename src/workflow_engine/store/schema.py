@@ -102,6 +102,15 @@ configs = sa.Table(
     sa.Column("created_at", Time, nullable=False),
 )
 
+components = sa.Table(
+    "components",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
 schema_version = sa.Table(
     "workflow_schema_version",
     metadata,

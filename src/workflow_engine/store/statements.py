@@ -19,7 +19,7 @@ from sqlalchemy.sql.selectable import Select
 
 from workflow_engine.store.connect import Dialect
 from workflow_engine.store.records import FINISHED, Status
-from workflow_engine.store.schema import configs, executions, schedule_ticks, steps
+from workflow_engine.store.schema import components, configs, executions, schedule_ticks, steps
 
 e = executions.c
 
@@ -141,6 +141,18 @@ class Statements:
         )
         self.get_config: Select[Any] = sa.select(configs.c.text).where(configs.c.version == sa.bindparam("version"))
         self.prune_executions, self.prune_ticks = self._build_prune()
+        self.save_component: Insert = self._build_save_component(insert)
+        self.get_component: Select[Any] = sa.select(components).where(components.c.name == sa.bindparam("name"))
+        self.list_components: Select[Any] = sa.select(components).order_by(components.c.name)
+        self.delete_component: Delete = sa.delete(components).where(components.c.name == sa.bindparam("name"))
+
+    def _build_save_component(self, insert: Callable[[sa.Table], Any]) -> Insert:
+        stmt = insert(components)
+        upsert: Insert = stmt.on_conflict_do_update(
+            index_elements=[components.c.name],
+            set_={name: stmt.excluded[name] for name in ("source", "digest", "updated_at")},
+        )
+        return upsert
 
     def _build_save_step(self, insert: Callable[[sa.Table], Any]) -> Insert:
         stmt = insert(steps)

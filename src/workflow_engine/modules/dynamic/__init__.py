@@ -1,0 +1,1 @@
+"""Dynamic components: Python code checked, loaded into fresh namespaces and hot-reloaded into live workflows."""

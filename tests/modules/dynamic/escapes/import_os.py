@@ -1,0 +1,7 @@
+# expect: load
+# The os module: processes, files, environment.
+import os
+
+
+def execute(ctx, input):
+    return {"uid": os.getuid()}
