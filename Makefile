@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: install run test lint bench docs clean
+.PHONY: install run test lint bench docs clean ops-tools drill
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint ops-tools
 	$(BIN)/pytest -q
+
+# promtool and prometheus from Debian's package, unpacked under .venv/ops (tests/ops and drills/ use them).
+ops-tools: $(VENV)/ops/usr/bin/promtool
+
+$(VENV)/ops/usr/bin/promtool: | install
+	bash tests/ops/install_prometheus.sh $(VENV)/ops
+
+# Runbook drills: a real Prometheus scrapes real engines with the real alert rules (only `for:` shortened).
+drill: install ops-tools
+	$(BIN)/pytest -q -p no:cacheprovider drills
 
 bench: install
 	$(BIN)/python bench/engine_overhead.py

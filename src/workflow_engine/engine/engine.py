@@ -67,6 +67,7 @@ class Engine:
         self.program = compile_program(app, registry)
         self.loop_monitor = LoopMonitor(self.metrics, app.engine.loop_lag_interval)
         self.health = Health(self.loop_monitor)
+        self.metrics.engine_ready.set_function(lambda: 1.0 if self.health.readiness()[0] else 0.0)
         self.bus = EventBus()
         self.store: Store = open_store_from_url(store_url or app.engine.store)
         self.replica = app.engine.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"

@@ -87,6 +87,9 @@ class Metrics:
             "process_memory_limit_bytes", "Memory limit of this process (cgroup or engine.memory_limit).",
             registry=reg,
         )
+        self.engine_ready = Gauge(
+            "engine_ready", "1 while /readyz answers 200 (every module ready, not draining), else 0.", registry=reg
+        )
 
     def module_operation(self, module: str, name: str, operation: str, status: str, seconds: float) -> None:
         """Count one module operation and observe its duration."""
