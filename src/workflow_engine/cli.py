@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from workflow_engine.cli_client import register as register_client_commands
+from workflow_engine.cli_components import register as register_component_commands
 
 if TYPE_CHECKING:
     from workflow_engine.registry.specs import Registry
@@ -116,6 +117,7 @@ def run(
 
 
 register_client_commands(app)
+register_component_commands(app)
 
 
 db = typer.Typer(help="Store maintenance.", no_args_is_help=True)

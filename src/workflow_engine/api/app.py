@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from workflow_engine import __version__
-from workflow_engine.api import routes_config, routes_executions, routes_status, sse
+from workflow_engine.api import routes_config, routes_dynamic, routes_executions, routes_status, sse
 from workflow_engine.api.auth import Guard
 from workflow_engine.api.errors import install_error_handlers
 from workflow_engine.engine.control import Control
@@ -25,7 +25,8 @@ DESCRIPTION = (
     "Every route needs `Authorization: Bearer <token>`; roles: viewer (read), operator (start, cancel, retry), "
     "admin (config)."
 )
-ROUTERS: tuple[APIRouter, ...] = (routes_status.router, routes_executions.router, routes_config.router, sse.router)
+ROUTERS: tuple[APIRouter, ...] = (routes_status.router, routes_executions.router, routes_config.router, sse.router,
+                                  routes_dynamic.router)
 
 
 def build_api(control: Control, guard: Guard, routers: tuple[APIRouter, ...] = ROUTERS) -> FastAPI:
