@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,8 +206,8 @@ class DynamicComponent(Module):
         filename = str(self.path) if origin == "file" and self.path is not None else f"<uploaded {self.name}>"
         number = self._count + 1
         try:
-            check_source(source, filename, self.policy)
-            runner = self._runner(source, filename, number)
+            code = check_source(source, filename, self.policy)
+            runner = self._runner(source, code, filename, number)
             await runner.start(self.config.config)
         except ComponentLoadError as exc:
             self._failed(operation, exc, started)
@@ -214,9 +215,9 @@ class DynamicComponent(Module):
         self._count = number
         return ComponentVersion(number, _digest(source), origin, source, runner, time.perf_counter() - started)
 
-    def _runner(self, source: str, filename: str, number: int) -> Runner:
+    def _runner(self, source: str, code: types.CodeType, filename: str, number: int) -> Runner:
         if self.config.isolation == "inline":
-            return InlineRunner(self.name, source, filename, f"dynamic_component.{self.name}.v{number}", self.policy)
+            return InlineRunner(self.name, code, filename, f"dynamic_component.{self.name}.v{number}", self.policy)
         spec = WorkerSpec(self.name, filename, source, tuple(sorted(self.policy.allowed)),
                           tuple(sorted(self.policy.trusted)), self.config.config, self.config.memory_limit,
                           self.config.cpu_limit)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from abc import ABC, abstractmethod
 from typing import Any
 
 from workflow_engine.errors import ComponentLoadError, StepError, StepTimeoutError, WorkflowEngineError
 from workflow_engine.modules.dynamic.contract import ComponentContext, ComponentLog, Contract
-from workflow_engine.modules.dynamic.loader import error_line, load_component
+from workflow_engine.modules.dynamic.loader import error_line, load_namespace
 from workflow_engine.modules.dynamic.policy import ImportPolicy
 from workflow_engine.modules.dynamic.pool import Spawn, WorkerPool, WorkerSpec, call_error
 
@@ -39,14 +40,15 @@ class InlineRunner(Runner):
     """Trusted code in the engine's process: async code on the loop, sync code on a thread. A timeout cancels
     async code; a sync call that overruns keeps its thread until it returns (Python cannot stop a thread)."""
 
-    def __init__(self, name: str, source: str, filename: str, module_name: str, policy: ImportPolicy) -> None:
+    def __init__(self, name: str, code: types.CodeType, filename: str, module_name: str,
+                 policy: ImportPolicy) -> None:
         self.name = name
-        self._source = (source, filename, module_name, policy)
+        self._source = (code, filename, module_name, policy)
         self.contract: Contract | None = None
 
     async def start(self, config: dict[str, Any]) -> None:
-        source, filename, module_name, policy = self._source
-        contract = load_component(source, filename, module_name, policy)
+        code, filename, module_name, policy = self._source
+        contract = Contract.from_namespace(load_namespace(code, module_name, filename, policy), filename)
         try:
             await contract.run_setup(config)
         except Exception as exc:  # a version whose setup fails is refused like a syntax error
