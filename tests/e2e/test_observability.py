@@ -18,6 +18,7 @@ def test_mixed_workload_writes_every_metric_family_with_contract_labels() -> Non
         assert client.get(f"{engine.web}/items/boom").status_code == 500
         assert client.get(f"{engine.web}/items/7").status_code == 200
         assert client.get(f"{engine.web}/no/such/path").status_code == 404
+        assert client.post(f"{engine.web}/price", json={"items": [2, 3]}).json() == {"total": 5, "version": 1}
         timed_out = client.get(f"{engine.web}/calls-slow")
         assert timed_out.status_code == 500
         assert timed_out.json()["error"]["code"] == "timeout"
@@ -50,6 +51,11 @@ def test_mixed_workload_writes_every_metric_family_with_contract_labels() -> Non
     assert value("http_request_duration_seconds_count", server="web", method="POST", path="/echo/{name}") == 1
     assert value("http_requests_total", server="management", method="GET", path="/metrics") >= 1
     assert sample(text, "circuit_breaker_state", module="http_client", name="self") == 0
+    dynamic = {"module": "dynamic", "name": "pricing"}
+    assert value("module_operations_total", operation="load", status="success", **dynamic) == 1
+    assert value("module_operations_total", operation="execute", status="success", **dynamic) == 1
+    assert value("module_operation_duration_seconds_count", operation="execute", **dynamic) == 1
+    assert value("dynamic_component_versions", name="pricing") == 1
     assert value("asyncio_tasks") > 0
     assert value("event_loop_lag_seconds_count") > 0
     assert value("process_memory_limit_bytes") > 0
