@@ -47,15 +47,17 @@ class BrokerHarness:
 
     `config(ns)` returns a module config against the shared local server for namespace `ns` (a token unique to the
     test): the test's topics are `<ns>.<name>`, so a harness can bind a stream or prefix to `<ns>.>` and tests
-    never see each other's messages. `private_server` (optional) starts a server on
-    a free port for the restart test. `redelivery_wait` bounds how long a message left unsettled by a vanished
+    never see each other's messages. `private_server(tmp, ns)` (optional) starts a
+    server on a free port for the restart test. `redelivery_wait` bounds how long a message left unsettled by a vanished
     consumer takes to come back (ack wait, claim idle time).
     """
 
     type: str
     config: Callable[[str], dict[str, Any]]
     redelivery_wait: float = 5.0
-    private_server: Callable[[Path], Any] | None = None  # async context manager yielding PrivateServer
+    # (tmp dir, ns) -> async context manager yielding a PrivateServer
+    private_server: Callable[[Path, str], Any] | None = None
+    cleanup: Callable[[str], Awaitable[None]] | None = None  # remove what namespace `ns` left on the server
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.modules.broker import brokers_memory
+from tests.modules.broker import brokers_memory, brokers_nats
 from tests.modules.broker.conformance import BrokerHarness, Consumer, StateLog, open_broker, unique
 from workflow_engine.errors import BrokerError
 from workflow_engine.modules.base import ModuleState
@@ -26,6 +26,7 @@ from workflow_engine.observability.metrics import Metrics
 
 HARNESSES: dict[str, Callable[[], BrokerHarness]] = {
     "memory": brokers_memory.harness,
+    "nats": brokers_nats.harness,
 }
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -36,8 +37,11 @@ def harness(request: pytest.FixtureRequest) -> BrokerHarness:
 
 
 @pytest.fixture
-def ns() -> str:
-    return unique()
+async def ns(harness: BrokerHarness) -> AsyncIterator[str]:
+    token = unique()
+    yield token
+    if harness.cleanup is not None:
+        await harness.cleanup(token)
 
 
 def _sample(metrics: Metrics, family: str, **labels: str) -> float:
@@ -221,7 +225,7 @@ async def test_reconnect_after_server_restart(name: str, tmp_path: Path) -> None
     harness = HARNESSES[name]()
     assert harness.private_server is not None
     ns = unique()
-    async with harness.private_server(tmp_path) as server:
+    async with harness.private_server(tmp_path, ns) as server:
         states = StateLog()
         async with open_broker(harness, ns, config=server.config) as broker:
             broker.state_listener = states

@@ -221,13 +221,16 @@ class Broker(Module, abc.ABC):
     def lost(self, exc: BaseException | str) -> None:
         """The connection is gone: `retrying` in /readyz; the watch task reconnects. Subclasses may call it
         from their client's disconnect callback."""
+        self._mark_lost(exc)
+        self._wake.set()
+
+    def _mark_lost(self, exc: BaseException | str) -> None:
         reason = exc if isinstance(exc, str) else _reason(exc)
         self.last_error = reason
         if self.available:
             self.available = False
             self.ctx.log.warning("broker connection lost, reconnecting", error=reason)
         self.report_state(ModuleState.RETRYING, reason)
-        self._wake.set()
 
     def restored(self) -> None:
         """The connection works again: `ready` in /readyz."""
@@ -237,6 +240,8 @@ class Broker(Module, abc.ABC):
             self.report_state(ModuleState.READY, None)
 
     async def _watch(self) -> None:
+        """Ping while connected; while not, try `_reconnect` with capped backoff. `lost()` (and a subclass's
+        reconnected callback) set `_wake` to check at once."""
         backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max)
         while True:
             delay = self.config.health_interval if self.available else backoff.next()
@@ -250,7 +255,8 @@ class Broker(Module, abc.ABC):
                 async with asyncio.timeout(self.config.operation_timeout):
                     await (self._ping() if self.available else self._reconnect())
             except (Exception, TimeoutError) as exc:  # supervision boundary: an outage is a state, not a crash
-                self.lost(exc)
+                self._mark_lost(exc)
+                await asyncio.sleep(0)  # never spin without yielding, whatever the hooks do
                 continue
             backoff.reset()
             self.restored()

@@ -1,0 +1,280 @@
+"""The `broker.nats` module: NATS JetStream with durable pull consumers and explicit acks.
+
+Topics are NATS subjects (`*` one token, `>` the rest) held by one stream (`stream.subjects`, created at start
+when missing). A consumer group is a durable pull consumer named from the group and topic, shared by every
+replica; the server tracks deliveries (`num_delivered`), redelivers what is not acked within `ack_wait`, and a
+NAK with delay schedules a redelivery. Dead letters are published to `<topic>.dlq` (which the stream's subjects
+must cover) and the original is TERMed. The message id is the publisher's `Nats-Msg-Id` (JetStream also
+deduplicates on it within `duplicate_window`), else `<stream>:<sequence>`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from pydantic import Field
+
+from workflow_engine.config.models import Strict
+from workflow_engine.durations import Duration
+from workflow_engine.errors import BrokerError, BrokerUnavailableError
+from workflow_engine.ids import uuid7
+from workflow_engine.modules.base import ModuleContext
+from workflow_engine.modules.broker.base import Broker, BrokerConfig, Subscription
+from workflow_engine.modules.broker.message import (
+    DLQ_SUFFIX,
+    KEY_HEADER,
+    Message,
+    dead_letter_headers,
+    split_headers,
+)
+from workflow_engine.registry.specs import ModuleSpec
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+_CONNECTION_ERRORS = (
+    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.NoServersError,
+    nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, nats.errors.NoRespondersError,
+    nats.errors.FlushTimeoutError, nats.js.errors.ServiceUnavailableError, OSError,
+)
+
+
+class NatsStreamConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="JetStream stream holding the topics.")
+    subjects: list[str] = Field(min_length=1, description="Subjects the stream holds when created here; include "
+                                "the `<topic>.dlq` subjects (e.g. `orders.>` covers `orders.created.dlq`).")
+    create: bool = Field(True, description="Create the stream at start when it does not exist (else it must).")
+    storage: Literal["file", "memory"] = Field("file", description="Where the stream keeps messages.")
+    max_age: Duration | None = Field(None, gt=0, description="Messages older than this are removed (none: kept).")
+    max_msgs: int | None = Field(None, ge=1, description="Messages kept at most (oldest removed first).")
+    max_bytes: int | None = Field(None, ge=1, description="Bytes kept at most (oldest removed first).")
+    duplicate_window: Duration = Field(120.0, gt=0, description="Window in which a repeated message id is "
+                                       "ignored by the server.")
+    replicas: int = Field(1, ge=1, le=5, description="Stream replicas in a clustered server.")
+
+
+class NatsBrokerConfig(BrokerConfig):
+    """NATS JetStream."""
+
+    url: str = Field("nats://127.0.0.1:4222", description="Server URL; several separated by commas.")
+    stream: NatsStreamConfig = Field(description="The stream that holds the topics.")
+    ack_wait: Duration = Field(30.0, gt=0, description="Unacked deliveries are redelivered after this; the "
+                               "engine signals progress every third of it while an execution runs.")
+    max_deliver: int = Field(-1, ge=-1, description="Server-side delivery limit (-1: none). Leave it unlimited: "
+                             "the message trigger dead-letters after `on_message_error.max_deliveries`, and a "
+                             "server limit would silently stop redelivering instead.")
+    durable_prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]*$", description="Prefix of durable consumer names.")
+    user: str | None = Field(None, description="User name.")
+    password: str | None = Field(None, description="Password.")
+    token: str | None = Field(None, description="Authentication token.")
+
+
+class NatsBroker(Broker):
+    """JetStream publish, durable pull consumers, NAK with delay, TERM after dead-lettering."""
+
+    type_name = "broker.nats"
+
+    def __init__(self, name: str, config: NatsBrokerConfig, ctx: ModuleContext) -> None:
+        super().__init__(name, config, ctx)
+        self.cfg = config
+        self.touch_interval = config.ack_wait / 3
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        auth: dict[str, Any] = {k: v for k, v in (("user", cfg.user), ("password", cfg.password),
+                                                   ("token", cfg.token)) if v is not None}
+        try:
+            self.nc = await nats.connect(
+                [u.strip() for u in cfg.url.split(",")], name=f"workflow-engine:{self.name}",
+                connect_timeout=cfg.operation_timeout, allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=cfg.reconnect_initial, ping_interval=max(1, int(cfg.health_interval)),
+                disconnected_cb=self._disconnected, reconnected_cb=self._reconnected, error_cb=self._error,
+                **auth,
+            )
+            self.js = self.nc.jetstream(timeout=cfg.operation_timeout)
+            await self._ensure_stream()
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailableError(f"{self.label}: {cfg.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_stream(self) -> None:
+        assert self.js is not None
+        spec = self.cfg.stream
+        try:
+            await self.js.stream_info(spec.name)
+            return
+        except nats.js.errors.NotFoundError:
+            if not spec.create:
+                raise BrokerError(f"{self.label}: stream '{spec.name}' does not exist") from None
+        await self.js.add_stream(StreamConfig(
+            name=spec.name, subjects=list(spec.subjects), retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE if spec.storage == "file" else StorageType.MEMORY, max_age=spec.max_age,
+            max_msgs=spec.max_msgs or -1, max_bytes=spec.max_bytes or -1,
+            duplicate_window=spec.duplicate_window, num_replicas=spec.replicas,
+        ))
+        self.ctx.log.info("created JetStream stream", stream=spec.name, subjects=list(spec.subjects))
+
+    async def _disconnected(self) -> None:
+        self.lost("disconnected from the NATS server")
+
+    async def _reconnected(self) -> None:
+        self._wake.set()  # the watch task confirms with a round trip and reports ready
+
+    async def _error(self, exc: Exception) -> None:
+        self.ctx.log.debug("nats client error", error=f"{type(exc).__name__}: {exc}")
+
+    async def _disconnect(self) -> None:
+        nc, self.nc, self.js = self.nc, None, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.close()
+            except Exception as exc:  # closing is best effort
+                self.ctx.log.debug("nats close failed", error=exc)
+
+    async def _ping(self) -> None:
+        """A JetStream round trip that also proves the stream is there (a restarted server may be up before its
+        streams are)."""
+        if self.nc is None or self.js is None or not self.nc.is_connected:
+            raise BrokerUnavailableError(f"{self.label}: not connected to {self.cfg.url}")
+        try:
+            await self.js.stream_info(self.cfg.stream.name)
+        except (*_CONNECTION_ERRORS, nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+            raise BrokerUnavailableError(f"{self.label}: {type(exc).__name__}: {exc}") from exc
+        except nats.js.errors.NotFoundError as exc:
+            raise BrokerUnavailableError(f"{self.label}: stream '{self.cfg.stream.name}' does not exist") from exc
+
+    async def _reconnect(self) -> None:
+        if self.nc is None or self.nc.is_closed:  # the client gave up: build a new one
+            await self._disconnect()
+            await self._connect()
+        await self._ping()
+
+    def _jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise BrokerUnavailableError(f"{self.label}: not connected")
+        return self.js
+
+    async def _publish(self, topic: str, payload: bytes, headers: dict[str, str], key: str | None,
+                       message_id: str) -> None:
+        hdrs = {**headers, MSG_ID_HEADER: message_id}
+        if key is not None:
+            hdrs[KEY_HEADER] = key
+        try:
+            await self._jetstream().publish(topic, payload, timeout=self.cfg.operation_timeout,
+                                            stream=self.cfg.stream.name, headers=hdrs)
+        except nats.js.errors.NoStreamResponseError as exc:
+            problem = (f"{self.label}: no stream took '{topic}' (stream '{self.cfg.stream.name}' holds "
+                       f"{', '.join(self.cfg.stream.subjects)})")
+            if self.available:  # the stream answers pings: the subject is not one of its subjects
+                raise BrokerError(problem, code="invalid_topic") from exc
+            raise BrokerUnavailableError(problem) from exc  # JetStream is still starting
+        except (*_CONNECTION_ERRORS, nats.errors.TimeoutError) as exc:
+            raise BrokerUnavailableError(f"{self.label}: publish to '{topic}': {type(exc).__name__}") from exc
+        except nats.js.errors.APIError as exc:
+            raise BrokerError(f"{self.label}: publish to '{topic}' refused: {exc}") from exc
+
+    def durable_name(self, topic: str, group: str) -> str:
+        """The durable consumer of `group` on `topic` (the same in every replica)."""
+        subject = topic.replace("*", "STAR").replace(">", "ALL")
+        return self.cfg.durable_prefix + re.sub(r"[^A-Za-z0-9_-]", "_", f"{group}__{subject}")
+
+    async def _subscribe(self, topic: str, group: str, max_in_flight: int) -> Subscription:
+        config = ConsumerConfig(
+            durable_name=self.durable_name(topic, group), ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=self.cfg.ack_wait, max_deliver=self.cfg.max_deliver,
+            filter_subject=topic, max_ack_pending=max(max_in_flight, 1024),
+        )
+        try:
+            psub = await self._jetstream().pull_subscribe(
+                topic, durable=config.durable_name, stream=self.cfg.stream.name, config=config)
+        except (*_CONNECTION_ERRORS, nats.errors.TimeoutError) as exc:
+            raise BrokerUnavailableError(f"{self.label}: subscribe to '{topic}': {type(exc).__name__}") from exc
+        return NatsSubscription(self, psub)
+
+    def _message(self, msg: Msg) -> Message:
+        meta = msg.metadata
+        raw = msg.headers or {}
+        msg_id = raw.get(MSG_ID_HEADER)
+        # Nats-* headers are the server's and the client's own (id, expected stream), not the publisher's.
+        headers, key, _ = split_headers({k: v for k, v in raw.items() if not k.startswith("Nats-")})
+        return Message(msg_id or f"{self.cfg.stream.name}:{meta.sequence.stream}", msg.subject, msg.data,
+                       headers, key, meta.num_delivered, native=msg)
+
+    async def _settle(self, op: str, message: Message, delay: float | None = None) -> None:
+        msg: Msg = message.native
+        try:
+            if op == "ack":
+                await msg.ack()
+            elif op == "nak":
+                await msg.nak(delay=delay or None)
+            elif op == "term":
+                await msg.term()
+            else:
+                await msg.in_progress()
+        except nats.errors.MsgAlreadyAckdError as exc:
+            raise BrokerError(f"{self.label}: message {message.id} already settled") from exc
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailableError(f"{self.label}: {op} of {message.id}: {type(exc).__name__}") from exc
+
+    async def _ack(self, message: Message) -> None:
+        await self._settle("ack", message)
+
+    async def _nack(self, message: Message, delay: float) -> None:
+        await self._settle("nak", message, delay)
+
+    async def _touch(self, message: Message) -> None:
+        await self._settle("wpi", message)
+
+    async def _dead_letter(self, message: Message, error: Mapping[str, Any]) -> None:
+        # Published first: a crash in between leaves the original to be delivered again, never lost.
+        await self._publish(message.topic + DLQ_SUFFIX, message.payload, dead_letter_headers(message, error),
+                            message.key, uuid7())
+        await self._settle("term", message)
+
+    async def _backlog(self, topic: str, group: str) -> int | None:
+        try:
+            info = await self._jetstream().consumer_info(self.cfg.stream.name, self.durable_name(topic, group))
+        except nats.js.errors.NotFoundError:
+            return None
+        except (*_CONNECTION_ERRORS, nats.errors.TimeoutError) as exc:
+            raise BrokerUnavailableError(f"{self.label}: consumer info: {type(exc).__name__}") from exc
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self.cfg.url, "stream": self.cfg.stream.name}
+
+
+class NatsSubscription(Subscription):
+    def __init__(self, broker: NatsBroker, psub: JetStreamContext.PullSubscription) -> None:
+        self.broker = broker
+        self.psub = psub
+
+    async def fetch(self, limit: int, wait: float) -> list[Message]:
+        try:
+            msgs = await self.psub.fetch(batch=limit, timeout=wait)
+        except nats.errors.TimeoutError:
+            return []
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailableError(f"{self.broker.label}: fetch: {type(exc).__name__}: {exc}") from exc
+        return [self.broker._message(m) for m in msgs]
+
+    async def close(self) -> None:
+        await self.psub.unsubscribe()
+
+
+SPEC = ModuleSpec(
+    type="broker.nats",
+    kind="broker",
+    config_model=NatsBrokerConfig,
+    factory=NatsBroker,
+    summary="NATS JetStream: one stream, durable pull consumers per group, explicit acks, NAK with delay, dead "
+            "letters to <topic>.dlq.",
+)
