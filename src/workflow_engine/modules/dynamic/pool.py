@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 
 from workflow_engine.errors import ComponentLoadError, StepError, StepTimeoutError, ValidationFailedError
+
+log = structlog.get_logger("workflow_engine.dynamic")
 
 WORKER_MODULE = "workflow_engine.modules.dynamic.worker"
 MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -197,15 +200,23 @@ class WorkerPool:
 
     async def _replacement(self, dead: Worker) -> None:
         await dead.kill()
-        if self._closed:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                new = await Worker.start(self.spec)
+            except (OSError, StepError, ComponentLoadError) as exc:  # e.g. out of processes: try again later
+                log.warning("cannot start a replacement worker, retrying", component=self.spec.name,
+                            retry_in=backoff, error=exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if self._closed:
+                await new.kill()
+                return
+            self.replaced += 1
+            self.workers.append(new)
+            self._idle.put_nowait(new)
             return
-        new = await Worker.start(self.spec)
-        if self._closed:
-            await new.kill()
-            return
-        self.replaced += 1
-        self.workers.append(new)
-        self._idle.put_nowait(new)
 
     async def close(self) -> None:
         """Stop every worker (teardown runs in each)."""
