@@ -121,7 +121,7 @@ async def test_async_timeout_cancels_the_call_and_is_counted(make_component: Com
                                                              metrics: Metrics) -> None:
     component = await make_component(
         "async def execute(ctx, input):\n    await ctx.sleep(30)\n    return {}\n", timeout="100ms")
-    with pytest.raises(StepTimeoutError, match=r"timed out after 0\.1s"):
+    with pytest.raises(StepTimeoutError, match=r"timed out after 0\.\d+s"):
         await component.call({}, "e1")
     assert ops(metrics, "comp", "execute", "timeout") == 1
     assert component.current is not None
@@ -130,7 +130,7 @@ async def test_async_timeout_cancels_the_call_and_is_counted(make_component: Com
 
 async def test_a_shorter_step_deadline_wins(make_component: ComponentFactory, metrics: Metrics) -> None:
     component = await make_component("async def execute(ctx, input):\n    await ctx.sleep(30)\n    return {}\n")
-    with pytest.raises(StepTimeoutError, match=r"after 0\.05s"):
+    with pytest.raises(StepTimeoutError, match=r"after 0\.0\d+s"):
         await component.call({}, "e1", 0.05)
 
 

@@ -110,3 +110,13 @@ async def test_reload_swaps_worker_pools(make_component: ComponentFactory, metri
     assert await component.call({}, "e1") == {"greeting": "new hi", "execution": "e1"}
     assert pids(component) != [old]
     assert ops(metrics, "comp", "unload", "success") == 1
+
+
+async def test_workers_do_not_inherit_the_engines_environment(make_component: ComponentFactory,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKFLOW_TEST_SECRET", "s3cret")
+    component = await make_component(
+        "import os\n\ndef execute(ctx, input):\n    return {'secret': os.environ.get('WORKFLOW_TEST_SECRET'),"
+        " 'path': 'PATH' in os.environ}\n", isolation="process", workers=1, allow_imports=["os"])
+    assert await component.call({}, "e1") == {"secret": None, "path": True}
+

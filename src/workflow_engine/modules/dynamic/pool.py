@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ WORKER_MODULE = "workflow_engine.modules.dynamic.worker"
 MESSAGE_LIMIT = 64 * 1024 * 1024
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+WORKER_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 
@@ -61,6 +63,7 @@ class Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", WORKER_MODULE, str(spec.memory_limit),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MESSAGE_LIMIT,
+            env=worker_environment(),
         )
         worker = cls(proc)
         try:
@@ -110,6 +113,11 @@ class Worker:
             pass
         finally:
             await self.kill()
+
+
+def worker_environment() -> dict[str, str]:
+    """The few variables a worker needs to start Python; the engine's secrets (tokens, store URLs) stay out."""
+    return {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
 
 
 def _exit_reason(code: int) -> str:
