@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from workflow_engine.modules.broker import memory as broker_memory
 from workflow_engine.modules.broker import nats as broker_nats
+from workflow_engine.modules.broker import redis as broker_redis
 from workflow_engine.modules.dynamic import component as dynamic_component
 from workflow_engine.modules.http import client as http_client
 from workflow_engine.modules.http import server as http_server
@@ -12,7 +13,8 @@ from workflow_engine.runtime.steps import call, control, data, flow, http, wait
 from workflow_engine.triggers import event, manual, schedule
 from workflow_engine.triggers import http as http_trigger
 
-MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC, broker_nats.SPEC, dynamic_component.SPEC)
+MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC, broker_nats.SPEC, broker_redis.SPEC,
+           dynamic_component.SPEC)
 STEPS = (
     data.SET, data.TRANSFORM, data.VALIDATE, http.HTTP, flow.PUBLISH, control.IF, control.SWITCH,
     control.FOREACH, control.PARALLEL, flow.WORKFLOW, flow.RESPOND, flow.LOG, flow.FAIL, flow.SLEEP,
