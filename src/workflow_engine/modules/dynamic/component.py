@@ -113,7 +113,7 @@ class DynamicComponent(Module):
                 await self._activate(await self._build(upload.source, "upload"), "load")
             elif self.path is not None:
                 try:
-                    await self._activate(await self._build(self._read_file(), "file"), "load")
+                    await self._activate(await self._build_file("load"), "load")
                 except ComponentLoadError as exc:
                     raise ModuleError(f"module '{self.name}' (dynamic.component): {exc.message}") from exc
         if self.path is not None and self.config.watch and self._watcher is None:
@@ -154,17 +154,22 @@ class DynamicComponent(Module):
     async def reload_file(self) -> ComponentVersion | None:
         """Load the file again (a no-op when it did not change); ComponentLoadError keeps the active version."""
         async with self._lock:
-            started = time.perf_counter()
-            try:
-                source = await asyncio.to_thread(self._read_file)
-            except ComponentLoadError as exc:
-                self._failed("reload", exc, started)
-                raise
-            if self.current is not None and self.current.digest == _digest(source):
-                return self.current
-            version = await self._build(source, "file", "reload")
-            await self._activate(version, "reload")
+            version = await self._build_file("reload", unchanged=self.current)
+            if version is not self.current:
+                await self._activate(version, "reload")
             return version
+
+    async def _build_file(self, operation: str, unchanged: ComponentVersion | None = None) -> ComponentVersion:
+        """A version of the file (`unchanged` itself when the file has its digest); read errors are counted."""
+        started = time.perf_counter()
+        try:
+            source = await asyncio.to_thread(self._read_file)
+        except ComponentLoadError as exc:
+            self._failed(operation, exc, started)
+            raise
+        if unchanged is not None and unchanged.digest == _digest(source):
+            return unchanged
+        return await self._build(source, "file", operation)
 
     async def upload(self, source: str) -> ComponentVersion:
         """Make an uploaded source the active version: built and checked, kept in the store, then swapped."""
@@ -187,9 +192,14 @@ class DynamicComponent(Module):
             stored = await self.ctx.store.get_component(self.name) if self.ctx.store is not None else None
             if stored is None and (self.current is None or self.current.origin != "upload"):
                 return False
-            version = await self._build(self._read_file(), "file", "reload") if self.path is not None else None
+            version = await self._build_file("reload") if self.path is not None else None
             if self.ctx.store is not None:
-                await self.ctx.store.delete_component(self.name)
+                try:
+                    await self.ctx.store.delete_component(self.name)
+                except BaseException:
+                    if version is not None:
+                        await version.runner.close()
+                    raise
             if version is not None:
                 await self._activate(version, "reload")
             elif self.current is not None:
