@@ -66,10 +66,11 @@ def drill_config(workdir: Path) -> tuple[Path, tuple[str, str]]:
         config["workflows"]["rates-backend"] = {
             "trigger": {"http": {"server": "web", "method": "GET", "path": "/rates-backend"}},
             "durable": False,
-            "steps": [{"if": "{{ input.query.sleep not in (none, '0', '') }}", "then": [{"sleep": "1s"}]},
+            "steps": [{"if": "{{ input.query.sleep == '1' }}", "then": [{"sleep": "1s"}]},
                       {"set": {"rate": 1.1}}],
         }
-        quote_step = {"http": {"client": "rates", "url": "/rates-backend?sleep={{ input.query.sleep | default(0) }}"}}
+        quote_step = {"http": {"client": "rates", "url": "/rates-backend",
+                               "query": {"sleep": "{{ input.query.sleep | default('0') }}"}}}
         culprit = HTTP_CULPRIT
     config["workflows"]["quote"] = {
         "trigger": {"http": {"server": "web", "method": "GET", "path": "/quote"}},

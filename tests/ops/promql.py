@@ -37,6 +37,8 @@ _TOKEN = re.compile(
 class Token:
     kind: str
     text: str
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Matcher:
 class Selector:
     metric: str
     matchers: list[Matcher] = field(default_factory=list)
+    token: int = 0  # index of the metric name among the expression's tokens
 
 
 @dataclass
@@ -61,10 +64,16 @@ class Usage:
     functions: set[str] = field(default_factory=set)
 
 
-def tokenize(expr: str) -> list[Token]:
-    """The tokens of `expr` (whitespace and comments dropped); raises ValueError on a character it cannot read."""
+def expand(expr: str) -> str:
+    """`expr` with Grafana's interval variables replaced by durations."""
     for variable, value in GRAFANA_INTERVALS.items():
         expr = expr.replace(variable, value)
+    return expr
+
+
+def tokenize(expr: str) -> list[Token]:
+    """The tokens of expand(expr) (whitespace and comments dropped); ValueError on a character it cannot read."""
+    expr = expand(expr)
     tokens: list[Token] = []
     pos = 0
     while pos < len(expr):
@@ -73,7 +82,7 @@ def tokenize(expr: str) -> list[Token]:
             raise ValueError(f"cannot read PromQL at {pos}: {expr[pos:pos + 20]!r}")
         kind = match.lastgroup or ""
         if kind != "space":
-            tokens.append(Token(kind, match.group()))
+            tokens.append(Token(kind, match.group(), match.start(), match.end()))
         pos = match.end()
     return tokens
 
@@ -133,7 +142,7 @@ def usage(expr: str) -> Usage:
             i += 1
             continue
         if token.kind == "ident":
-            selector = Selector(token.text)
+            selector = Selector(token.text, token=i)
             i += 1
             if i < len(tokens) and tokens[i].text == "{":
                 selector.matchers, i = _matchers(tokens, i)
@@ -143,3 +152,22 @@ def usage(expr: str) -> Usage:
             raise ValueError("selectors without a metric name are not used here")
         i += 1
     return found
+
+
+def with_matcher(expr: str, label: str, value: str) -> str:
+    """expand(expr) with `label="value"` added to every selector (how a runbook query is scoped to one job)."""
+    tokens = tokenize(expr)
+    text = expand(expr)
+    matcher = f'{label}="{value}"'
+    inserts: list[tuple[int, str]] = []
+    for selector in usage(expr).selectors:
+        name = tokens[selector.token]
+        following = tokens[selector.token + 1] if selector.token + 1 < len(tokens) else None
+        if following is not None and following.text == "{":
+            closing = tokens[selector.token + 2].text == "}"
+            inserts.append((following.end, matcher if closing else matcher + ", "))
+        else:
+            inserts.append((name.end, "{" + matcher + "}"))
+    for pos, insert in sorted(inserts, reverse=True):
+        text = text[:pos] + insert + text[pos:]
+    return text
