@@ -1,0 +1,92 @@
+"""A real `workflow run` driven until every metric family and selected label value has samples."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.process import EngineProcess, engine_process, free_port, wait_until
+from workflow_engine.registry.builtins import default_registry
+
+LIVE = Path(__file__).with_name("live.yaml")
+COMPONENT = '''
+async def execute(ctx, input):
+    await ctx.sleep(input.get("sleep", 0))
+    return {"version": VERSION}
+'''
+
+# metric sample name -> label name -> values seen
+Exported = dict[str, dict[str, set[str]]]
+
+
+def exported(metrics_text: str) -> Exported:
+    """Every sample name of a /metrics text with its labels and their values."""
+    out: Exported = defaultdict(lambda: defaultdict(set))
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = out[sample.name]
+            for name, value in sample.labels.items():
+                labels[name].add(value)
+    return {name: dict(labels) for name, labels in out.items()}
+
+
+def broker_workload() -> bool:
+    """Whether the engine can consume broker messages (the `message` trigger), so broker_* get written."""
+    return "message" in default_registry().triggers
+
+
+def _config(workdir: Path) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(LIVE.read_text())
+    if "dynamic.component" in default_registry().modules:
+        (workdir / "pricing.py").write_text(COMPONENT.replace("VERSION", "1"))
+        config["modules"].append({"name": "pricing", "type": "dynamic.component",
+                                  "config": {"source": str(workdir / "pricing.py"), "timeout": "2s"}})
+        config["workflows"]["price"] = {
+            "trigger": {"http": {"server": "web", "method": "GET", "path": "/price/{sleep}"}},
+            "steps": [{"call": {"component": "pricing", "with": {"sleep": "{{ input.params.sleep | float }}"}},
+                       "timeout": "100ms"}],
+        }
+    return config
+
+
+def _drive(engine: EngineProcess, workdir: Path) -> None:
+    with httpx.Client(base_url=engine.web, timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/ok").status_code == 200
+        assert client.get("/boom/1").status_code == 500
+        assert client.get("/nap").status_code == 200
+        assert client.get("/calls-slow").status_code == 500
+        assert client.get("/calls-down").status_code == 500
+        assert client.get("/no/such/route").status_code == 404
+        held = client.post("/held", json={})
+        assert held.status_code == 202
+        if (workdir / "pricing.py").exists():
+            assert client.get("/price/0").status_code == 200
+            assert client.get("/price/1").status_code == 500  # the call step's 100ms timeout
+            (workdir / "pricing.py").write_text(COMPONENT.replace("VERSION", "2"))
+            wait_until(lambda: client.get("/price/0").json().get("version") == 2, timeout=15)
+    token = {"Authorization": f"Bearer {engine.env['WORKFLOW_API_TOKEN']}"}
+    with httpx.Client(base_url=engine.mgmt, timeout=10, headers=token) as mgmt:
+        assert mgmt.get("/api/executions", params={"status": "running", "workflow": "held"}).status_code == 200
+
+
+@contextmanager
+def live_engine() -> Iterator[tuple[EngineProcess, Exported]]:
+    """The engine after the workload, with what its /metrics exports."""
+    with tempfile.TemporaryDirectory(prefix="ops-live-") as tmp:
+        workdir = Path(tmp)
+        config = workdir / "live.yaml"
+        config.write_text(yaml.safe_dump(_config(workdir), sort_keys=False))
+        env = {"CLOSED_PORT": str(free_port()), "WORKFLOW_API_TOKEN": "ops-live-token"}
+        with engine_process(config, env=env) as engine:
+            _drive(engine, workdir)
+            wait_until(lambda: "event_loop_lag_seconds_count" in engine.metrics())
+            yield engine, exported(engine.metrics())
