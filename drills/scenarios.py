@@ -39,7 +39,7 @@ class Drill:
     engine: EngineProcess
     prom: Prometheus
     culprit: tuple[str, str] = ("", "")  # ComponentTimeout: (module, name)
-    memory_via_component: bool = False  # HighMemoryUsage: the cache component rather than the hog workflow
+    memory_via_component: bool = False  # HighMemoryUsage: the engine has the cache component
     log: list[str] = field(default_factory=list)
     client: httpx.Client = field(init=False)
 
@@ -205,6 +205,7 @@ def component_timeout(d: Drill) -> None:
 
 
 def high_memory_usage(d: Drill) -> None:
+    assert d.memory_via_component, "the memory drill needs dynamic components (the cache component holds memory)"
     d.hit("GET", "/browse", 20, expect=200)
     d.scraped()
     text = d.engine.metrics()
@@ -214,28 +215,21 @@ def high_memory_usage(d: Drill) -> None:
     assert rss is not None
     assert rss < 0.85 * limit, f"the engine starts at {rss / limit:.0%} of its lowered limit"
     megabytes = math.ceil((0.97 * limit - rss) / MiB)
-    where = "the cache component" if d.memory_via_component else "the hog workflow"
-    d.note(f"inducing: {where} holds {megabytes} MiB (rss {rss / MiB:.0f} MiB, engine.memory_limit "
+    d.note(f"inducing: the cache component holds {megabytes} MiB (rss {rss / MiB:.0f} MiB, engine.memory_limit "
            f"{limit / MiB:.0f} MiB)")
-    if d.memory_via_component:
-        d.hit("POST", "/cache", expect=200, mb=str(megabytes))
-    else:
-        d.hit("POST", "/hog", expect=202, mb=str(megabytes))
+    d.hit("POST", "/cache", expect=200, mb=str(megabytes))
     d.until_firing(lambda: time.sleep(0.5))
     ranked = d.investigate()
     instance = d.engine.mgmt.removeprefix("http://")
     assert ranked[0][0]["instance"] == instance
     assert ranked[0][1] > 0.85
-    d.note(f"removing: {where} drops what it holds")
+    d.note("removing: the cache component drops what it holds")
 
-    def release() -> None:
-        if d.memory_via_component:
-            d.hit("POST", "/cache", expect=200, drop="1")
-        else:
-            d.hit("POST", "/release", expect=200)
+    def drop() -> None:
+        d.hit("POST", "/cache", expect=200, drop="1")
         time.sleep(0.5)
 
-    d.until_resolved(release)
+    d.until_resolved(drop)
 
 
 def high_http_error_rate(d: Drill) -> None:
