@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.ops.chart import by_kind, render
-from tests.ops.tools import ALERTS, REPO, promtool
+from tests.ops.tools import ALERTS, CHART, REPO, promtool
 
 FULL = {
     "replicaCount": 3,
@@ -44,6 +44,13 @@ def test_every_rendered_object_validates_against_the_kubernetes_schemas(values: 
         if obj["kind"] in CRDS:
             continue  # no upstream schema; checked below
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", [{}, FULL], ids=["defaults", "full"])
+def test_helm_lint_strict_finds_no_warning(values: dict[str, Any]) -> None:
+    report = helm_python.lint(str(CHART), values, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
 def test_the_validator_rejects_a_broken_deployment() -> None:
