@@ -77,6 +77,22 @@ class ModuleDecl(Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="Type-specific configuration.")
 
 
+class MessageErrorPolicy(Strict):
+    """What a `message` trigger does when the execution for a message fails."""
+
+    max_deliveries: int = Field(5, ge=1, le=1000, description="Deliveries of a message at most (the first "
+                                "included); after the last one fails it is dead-lettered with its error.")
+    backoff: Literal["fixed", "exponential"] = Field("exponential", description="Delay growth between deliveries.")
+    initial: Duration = Field(1.0, ge=0, description="Delay before the second delivery.")
+    max: Duration = Field(60.0, ge=0, description="Largest delay between deliveries.")
+
+    def delay(self, deliveries: int) -> float:
+        """Seconds before the next delivery after `deliveries` failed ones."""
+        if self.backoff == "fixed":
+            return min(self.initial, self.max)
+        return float(min(self.initial * 2 ** max(0, deliveries - 1), self.max))
+
+
 class WorkflowDecl(Strict):
     description: str = Field("", description="What the workflow does.")
     trigger: dict[str, Any] | None = Field(
@@ -94,6 +110,10 @@ class WorkflowDecl(Strict):
     durable: bool = Field(
         True, description="Checkpoint every step (resume after a crash); false keeps only a summary row (status, "
         "times, output, error).",
+    )
+    on_message_error: MessageErrorPolicy | None = Field(
+        None, description="With a `message` trigger: redeliver a message whose execution failed, with backoff, "
+        "up to `max_deliveries`, then dead-letter it with the error (default: 5 deliveries, 1s doubling to 60s).",
     )
 
 
@@ -176,6 +196,7 @@ class WorkflowDef:
     durable: bool
     path: str
     location: Location
+    on_message_error: MessageErrorPolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,7 @@ class _Checker:
             concurrency=wf.concurrency,
             queue_size=wf.queue_size,
             durable=wf.durable,
+            on_message_error=wf.on_message_error,
             path=format_path(path),
             location=self.locator.at(path, key=True),
         )

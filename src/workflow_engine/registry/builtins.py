@@ -10,7 +10,7 @@ from workflow_engine.modules.http import client as http_client
 from workflow_engine.modules.http import server as http_server
 from workflow_engine.registry.specs import Registry
 from workflow_engine.runtime.steps import call, control, data, flow, http, wait
-from workflow_engine.triggers import event, manual, schedule
+from workflow_engine.triggers import event, manual, message, schedule
 from workflow_engine.triggers import http as http_trigger
 
 MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC, broker_nats.SPEC, broker_redis.SPEC,
@@ -20,7 +20,7 @@ STEPS = (
     control.FOREACH, control.PARALLEL, flow.WORKFLOW, flow.RESPOND, flow.LOG, flow.FAIL, flow.SLEEP,
     wait.WAIT_FOR, call.CALL,
 )
-TRIGGERS = (http_trigger.SPEC, schedule.SPEC, event.SPEC, manual.SPEC)
+TRIGGERS = (http_trigger.SPEC, schedule.SPEC, event.SPEC, manual.SPEC, message.SPEC)
 
 
 def default_registry() -> Registry:

@@ -1,0 +1,118 @@
+"""The `message` trigger on `broker.memory`: one execution per message, ack after the outcome, retry, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import orjson
+
+from tests.factories import executions, running_engine, sample, wait_until
+from tests.modules.broker.conformance import Consumer
+from workflow_engine.engine.engine import Engine
+from workflow_engine.modules.broker.base import Broker
+from workflow_engine.modules.broker.message import ERROR_HEADER
+
+
+def _yaml(steps: str, *, trigger: str = "{broker: bus, topic: orders.created, max_in_flight: 8}",
+          workflow: str = "") -> str:
+    """A memory broker `bus` and a workflow `consume` triggered by its messages; `steps` and `workflow`
+    (extra workflow keys) are YAML text."""
+    extra = textwrap.indent(textwrap.dedent(workflow).strip(), "    ")
+    body = textwrap.indent(textwrap.dedent(steps).strip(), "      ")
+    return (
+        "version: 1\nname: app\nengine: {shutdown_grace: 2s, park_after: 1h}\n"
+        "modules:\n  - name: bus\n    type: broker.memory\n    config: {backlog_interval: 50ms}\n"
+        f"workflows:\n  consume:\n    trigger: {{message: {trigger}}}\n"
+        "    on_message_error: {max_deliveries: 3, initial: 10ms, max: 50ms}\n"
+        f"{extra}\n    steps:\n{body}\n"
+    )
+
+
+def _bus(engine: Engine) -> Broker:
+    broker = engine.modules["bus"]
+    assert isinstance(broker, Broker)
+    return broker
+
+
+async def _store_count(engine: Engine, status: str | None = None) -> int:
+    page = await engine.store.list_executions(workflow="consume", limit=1000)
+    return sum(1 for r in page.items if status is None or r.status == status)
+
+
+async def test_one_execution_per_message_and_ack() -> None:
+    steps = ("- id: echo\n"
+             "  set: {n: '{{ input.body.n }}', topic: '{{ input.topic }}', trace: '{{ input.headers.trace }}'}")
+    async with running_engine(_yaml(steps)) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        ids = [await bus.publish("orders.created", {"n": i}, {"trace": f"t{i}"}) for i in range(5)]
+        await wait_until(lambda: executions(metrics, "consume", "success") == 5, "5 executions succeeded")
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="acked") == 5, "5 acks")
+        # The same message delivered again (a redelivery after a lost ack): acked, no second execution.
+        await bus.publish("orders.created", {"n": 0}, {"trace": "t0"}, message_id=ids[0])
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="acked") == 6, "the duplicate acked")
+        assert executions(metrics, "consume", "success") == 5
+        assert await _store_count(engine) == 5
+        record = (await engine.store.list_executions(workflow="consume", limit=10)).items[-1]
+        assert record.idempotency_key == f"bus:{ids[0]}"
+        assert record.output == {"n": 0, "topic": "orders.created", "trace": "t0"}
+        assert await bus.backlog("orders.created", "consume") == 0
+
+
+async def test_failure_redelivers_and_retries_the_same_execution() -> None:
+    steps = """\
+        - id: flaky
+          if: "{{ execution.attempt < 2 }}"
+          fail: "first delivery fails"
+        - id: done
+          set: {attempt: "{{ execution.attempt }}"}
+        """
+    async with running_engine(_yaml(steps)) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        await bus.publish("orders.created", {"n": 1})
+        await wait_until(lambda: executions(metrics, "consume", "success") == 1, "the retry succeeded")
+        assert executions(metrics, "consume", "error") == 1
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="nacked") == 1
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert record.status == "success"
+        assert record.attempt == 2
+
+
+async def test_poison_message_is_dead_lettered_with_its_error() -> None:
+    async with running_engine(_yaml('- fail: "poison {{ input.body.n }}"')) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        sent = await bus.publish("orders.created", {"n": 7})
+        async with Consumer(bus, "orders.created.dlq", "inspect") as dlq:
+            (dead,) = await dlq.wait_count(1)
+            await dead.ack()
+        error = orjson.loads(dead.headers[ERROR_HEADER])
+        assert error["message"] == "poison 7"
+        assert error["deliveries"] == 3
+        assert dead.body == {"n": 7}
+        assert dead.headers["x-original-id"] == sent
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert error["execution_id"] == record.id
+        assert record.status == "error"
+        assert record.attempt == 3
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="dead_lettered") == 1
+
+
+async def test_back_pressure_stops_pulling() -> None:
+    """Concurrency 1, queue 0, max_in_flight 2: the broker keeps the rest until executions finish."""
+    steps = "- sleep: 200ms"
+    trigger = "{broker: bus, topic: orders.created, max_in_flight: 2}"
+    async with running_engine(_yaml(steps, trigger=trigger, workflow="concurrency: 1\nqueue_size: 0")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        for i in range(6):
+            await bus.publish("orders.created", i)
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="received") == 2, "two messages taken")
+        await asyncio.sleep(0.05)
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="received") == 2
+        assert await bus.backlog("orders.created", "consume") == 6
+        await wait_until(lambda: executions(metrics, "consume", "success") == 6, "all six ran, one at a time")
