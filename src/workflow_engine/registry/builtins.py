@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from workflow_engine.modules.broker import memory as broker_memory
+from workflow_engine.modules.broker import mqtt as broker_mqtt
 from workflow_engine.modules.broker import nats as broker_nats
+from workflow_engine.modules.broker import rabbitmq as broker_rabbitmq
 from workflow_engine.modules.broker import redis as broker_redis
 from workflow_engine.modules.dynamic import component as dynamic_component
 from workflow_engine.modules.http import client as http_client
@@ -14,7 +16,7 @@ from workflow_engine.triggers import event, manual, message, schedule
 from workflow_engine.triggers import http as http_trigger
 
 MODULES = (http_server.SPEC, http_client.SPEC, broker_memory.SPEC, broker_nats.SPEC, broker_redis.SPEC,
-           dynamic_component.SPEC)
+           broker_rabbitmq.SPEC, broker_mqtt.SPEC, dynamic_component.SPEC)
 STEPS = (
     data.SET, data.TRANSFORM, data.VALIDATE, http.HTTP, flow.PUBLISH, control.IF, control.SWITCH,
     control.FOREACH, control.PARALLEL, flow.WORKFLOW, flow.RESPOND, flow.LOG, flow.FAIL, flow.SLEEP,

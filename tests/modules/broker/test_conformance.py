@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.modules.broker import brokers_memory, brokers_nats, brokers_redis
+from tests.modules.broker import brokers_memory, brokers_mqtt, brokers_nats, brokers_rabbitmq, brokers_redis
 from tests.modules.broker.conformance import BrokerHarness, Consumer, StateLog, open_broker, unique
 from workflow_engine.errors import BrokerError
 from workflow_engine.modules.base import ModuleState
@@ -28,6 +28,8 @@ HARNESSES: dict[str, Callable[[], BrokerHarness]] = {
     "memory": brokers_memory.harness,
     "nats": brokers_nats.harness,
     "redis": brokers_redis.harness,
+    "rabbitmq": brokers_rabbitmq.harness,
+    "mqtt": brokers_mqtt.harness,
 }
 ROOT = Path(__file__).resolve().parents[3]
 
