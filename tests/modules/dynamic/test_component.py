@@ -206,3 +206,16 @@ async def test_without_any_source_calls_are_unavailable(metrics: Metrics) -> Non
     assert component.describe()["status"] == "empty"
     assert versions(metrics, "api-only") == 0
     await component.stop()
+
+
+async def test_sync_code_runs_on_the_components_own_threads(make_component: ComponentFactory) -> None:
+    component = await make_component(
+        "import threading\nimport time\n\ndef execute(ctx, input):\n    time.sleep(input['sleep'])\n"
+        "    return {'thread': threading.current_thread().name}\n", allow_imports=["threading"], timeout="50ms",
+        max_concurrency=8)
+    assert (await component.call({"sleep": 0}, "e0"))["thread"].startswith("component-comp")
+    overrun = [component.call({"sleep": 2}, f"e{i}") for i in range(8)]
+    results = await asyncio.gather(*overrun, return_exceptions=True)
+    assert all(isinstance(r, StepTimeoutError) for r in results)
+    # Eight threads are still sleeping, none of them the engine's: its default executor still answers at once.
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1.5) == "free"

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +100,8 @@ class DynamicComponent(Module):
         self._count = 0
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        # Sync `execute` of inline versions runs here (threads start on demand, max_concurrency at most).
+        self._threads = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"component-{name}")
         self._watcher: asyncio.Task[Any] | None = None
         self._gauge = ctx.metrics.dynamic_component_versions.labels(name)
         self._gauge.set(0)
@@ -130,6 +133,7 @@ class DynamicComponent(Module):
             if current is not None:
                 self._retire(current)
         await asyncio.gather(*(self._unload_when_drained(v) for v in list(self._held)))
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- sources -----------------------------------------------------------------------------------------------
 
@@ -227,7 +231,8 @@ class DynamicComponent(Module):
 
     def _runner(self, source: str, code: types.CodeType, filename: str, number: int) -> Runner:
         if self.config.isolation == "inline":
-            return InlineRunner(self.name, code, filename, f"dynamic_component.{self.name}.v{number}", self.policy)
+            return InlineRunner(self.name, code, filename, f"dynamic_component.{self.name}.v{number}", self.policy,
+                                threads=self._threads)
         spec = WorkerSpec(self.name, filename, source, tuple(sorted(self.policy.allowed)),
                           tuple(sorted(self.policy.trusted)), self.config.config, self.config.memory_limit,
                           self.config.cpu_limit)

@@ -10,6 +10,7 @@ import inspect
 import time
 import types
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -145,14 +146,16 @@ class Contract:
         if self.teardown is not None:
             await _call(self.teardown)
 
-    async def invoke(self, ctx: ComponentContext, data: Any, name: str, *, threads: bool = True) -> dict[str, Any]:
-        """Check the input, run `execute`, check the output (a dict, or a pydantic model dumped to one)."""
+    async def invoke(self, ctx: ComponentContext, data: Any, name: str, *,
+                     threads: Executor | None = None) -> dict[str, Any]:
+        """Check the input, run `execute` (sync code on `threads` when given, else right here), check the output
+        (a dict, or a pydantic model dumped to one)."""
         if self.input_schema is not None:
             data = self.input_schema.validate(data, f"component '{name}': input")
         if self.is_async:
             result = await self.execute(ctx, data)
-        elif threads:
-            result = await asyncio.to_thread(self.execute, ctx, data)
+        elif threads is not None:
+            result = await asyncio.get_running_loop().run_in_executor(threads, self.execute, ctx, data)
         else:
             result = self.execute(ctx, data)
         if hasattr(result, "model_dump") and not isinstance(result, dict):

@@ -7,6 +7,7 @@ import asyncio
 import time
 import types
 from abc import ABC, abstractmethod
+from concurrent.futures import Executor
 from typing import Any
 
 from workflow_engine.errors import ComponentLoadError, StepError, StepTimeoutError, WorkflowEngineError
@@ -37,12 +38,14 @@ class Runner(ABC):
 
 
 class InlineRunner(Runner):
-    """Trusted code in the engine's process: async code on the loop, sync code on a thread. A timeout cancels
-    async code; a sync call that overruns keeps its thread until it returns (Python cannot stop a thread)."""
+    """Trusted code in the engine's process: async code on the loop, sync code on the component's own threads.
+    A timeout cancels async code; a sync call that overruns keeps its thread until it returns (Python cannot stop
+    a thread), a thread of the component's pool, so the engine's other work does not starve."""
 
     def __init__(self, name: str, code: types.CodeType, filename: str, module_name: str,
-                 policy: ImportPolicy) -> None:
+                 policy: ImportPolicy, *, threads: Executor) -> None:
         self.name = name
+        self.threads = threads
         self._source = (code, filename, module_name, policy)
         self.contract: Contract | None = None
 
@@ -61,7 +64,7 @@ class InlineRunner(Runner):
         ctx = ComponentContext(log, execution_id, time.time() + limit)
         try:
             async with asyncio.timeout(limit):
-                return await self.contract.invoke(ctx, data, self.name)
+                return await self.contract.invoke(ctx, data, self.name, threads=self.threads)
         except TimeoutError:
             raise StepTimeoutError(f"component '{self.name}' timed out after {limit:.3g}s") from None
         except WorkflowEngineError:

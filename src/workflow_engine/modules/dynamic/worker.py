@@ -90,7 +90,7 @@ class WorkerMain:
         _limit_cpu(message["cpu"])
         try:
             output = self.loop.run_until_complete(
-                self.contract.invoke(ctx, message["input"], self.name, threads=False))
+                self.contract.invoke(ctx, message["input"], self.name))
         except Exception as exc:  # the call failed; the worker lives on for the next one
             return {"ok": False, "error": _error(exc, self.filename), "logs": log.records}
         finally:
