@@ -10,9 +10,10 @@ from pydantic import Field
 
 from workflow_engine.config.models import Strict
 from workflow_engine.durations import Duration
-from workflow_engine.errors import FailError, StepError
+from workflow_engine.errors import BrokerError, FailError, StepError
+from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.eventbus.memory import validate_pattern
-from workflow_engine.registry.specs import StepSpec, WorkflowRef
+from workflow_engine.registry.specs import ModuleRef, StepSpec, WorkflowRef
 from workflow_engine.runtime.execution import ExecutionStatus, Response
 from workflow_engine.runtime.parking import Parked
 from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, step_attempt, step_key
@@ -148,6 +149,13 @@ class PublishConfig(Strict):
     topic: str = Field(description="Topic to publish to (dot-separated; templates allowed).")
     message: Any = Field(None, description="The event data (templates allowed).")
     headers: dict[str, str] = Field(default_factory=dict, description="Event headers (templates allowed).")
+    broker: Annotated[str | None, ModuleRef(("broker",))] = Field(
+        None, description="A broker module to publish to (default: the engine's event bus). The step returns once "
+        "the broker has the message; its id is the step's `message_id`, fixed per execution and step, so a "
+        "step re-run after a crash repeats the same id (JetStream drops the copy; consumers deduplicate on it).",
+    )
+    key: str | None = Field(None, description="Message key (templates allowed): ordering and partitioning hint "
+                            "carried to consumers as `input.key`.")
 
 
 class PublishStep(Step):
@@ -157,13 +165,27 @@ class PublishStep(Step):
         self.topic = build.compile(config.topic, "publish.topic")
         self.message = build.compile(config.message, "publish.message")
         self.headers = build.compile(config.headers, "publish.headers")
+        self.key = build.compile(config.key, "publish.key")
+        self.broker = config.broker
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         topic = str(self.topic.render(scope))
         headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
         headers.setdefault("execution_id", ctx.execution.id)
-        delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers)
-        return {"topic": topic, "delivered": delivered}
+        if self.broker is None:
+            delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers)
+            return {"topic": topic, "delivered": delivered}
+        broker = ctx.services.modules.get(self.broker)
+        if not isinstance(broker, Broker):
+            raise StepError(f"module '{self.broker}' is not a broker", code="invalid_module")
+        key = self.key.render(scope)
+        try:
+            message_id = await broker.publish(topic, self.message.render(scope), headers,
+                                              None if key is None else str(key),
+                                              message_id=f"{ctx.execution.id}:{step_key.get()}")
+        except BrokerError as exc:
+            raise StepError(str(exc), code=exc.code) from exc
+        return {"topic": topic, "message_id": message_id, "broker": self.broker}
 
 
 RESPOND = StepSpec("respond", RespondConfig, RespondStep,
@@ -177,4 +199,5 @@ SLEEP = StepSpec("sleep", SleepConfig, SleepStep,
                  "no memory) and survives restarts.", shorthand="duration")
 WORKFLOW = StepSpec("workflow", SubWorkflowConfig, SubWorkflowStep,
                     "Run another workflow as a child execution; wait for its output or not.", shorthand="name")
-PUBLISH = StepSpec("publish", PublishConfig, PublishStep, "Publish an event on the event bus.")
+PUBLISH = StepSpec("publish", PublishConfig, PublishStep,
+                   "Publish an event on the event bus, or a message to a broker module (`broker`).")
