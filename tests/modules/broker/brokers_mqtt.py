@@ -47,9 +47,18 @@ def _sessions(ns: str) -> list[str]:
 async def cleanup(ns: str, port: int = MQTT_PORT) -> None:
     """End the test's sessions on the server (they would keep their messages until they expire)."""
     for session in _sessions(ns):
-        async with aiomqtt.Client(MQTT_HOST, port, identifier=session, protocol=aiomqtt.ProtocolVersion.V5,
-                                  clean_start=True):
-            pass
+        await _end(session, port)
+
+
+async def end_session(ns: str, topic: str, group: str) -> None:
+    """End one more session a test made (client id `ns`)."""
+    await _end(session_id(ns, topic, group), MQTT_PORT)
+
+
+async def _end(session: str, port: int) -> None:
+    async with aiomqtt.Client(MQTT_HOST, port, identifier=session, protocol=aiomqtt.ProtocolVersion.V5,
+                              clean_start=True):
+        pass
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,10 @@ def _config(ns: str) -> dict[str, Any]:
     return rabbitmq_config(ns)
 
 
-async def cleanup(ns: str) -> None:
-    """Delete the test's exchange and queues (their group, delay and dead-letter queues) from the shared server."""
-    names = [f"{ns}:{group}/{ns}.{topic}" for topic, group in GROUPS]
+async def cleanup(ns: str, groups: Sequence[tuple[str, str]] = GROUPS) -> None:
+    """Delete the test's exchange and queues (their group, delay and dead-letter queues) from the shared server;
+    `groups` are (topic after `<ns>.`, group) pairs, `*` spelled `+` as in queue names."""
+    names = [f"{ns}:{group}/{ns}.{topic}" for topic, group in groups]
     names += [f"{name}/delay" for name in names] + [f"{ns}:dlq/{ns}.poison.dlq"]
     connection = await aio_pika.connect(RABBITMQ_URL)
     try:

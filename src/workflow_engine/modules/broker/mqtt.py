@@ -67,12 +67,14 @@ from workflow_engine.registry.specs import ModuleSpec
 RETRY_TOPIC_HEADER = "x-retry-topic"
 NO_MATCHING_SUBSCRIBERS = 16
 _LEVEL = r"[A-Za-z0-9_\-.]+"
-_TOPIC = re.compile(rf"^(?:{_LEVEL}|\+)(?:/(?:{_LEVEL}|\+))*(?:/#)?$|^#$")
+_TOPIC_PATTERN = rf"^(?:{_LEVEL}|\+)(?:/(?:{_LEVEL}|\+))*(?:/#)?$|^#$"
+_TOPIC = re.compile(_TOPIC_PATTERN)
 _NAME = r"^[A-Za-z0-9_\-.]+$"
 
 
 class MqttGroupDeclaration(Strict):
-    topic: str = Field(description="Topic pattern of the group (`+` one level, `#` the rest).")
+    topic: str = Field(pattern=_TOPIC_PATTERN, description="Topic pattern of the group (`+` one level, `#` last "
+                       "for the rest).")
     group: str = Field(pattern=_NAME, description="Consumer group (the `message` trigger's `group`).")
 
 

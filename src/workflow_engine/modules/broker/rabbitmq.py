@@ -60,7 +60,9 @@ RETRY_TOPIC_HEADER = "x-retry-topic"
 _INTERNAL = frozenset({KEY_HEADER, RETRY_TOPIC_HEADER})
 _SERVER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 _TOKEN = r"(?:[A-Za-z0-9_\-]+|\*|#)"
-_TOPIC = re.compile(rf"^{_TOKEN}(?:\.{_TOKEN})*$")
+_TOPIC_PATTERN = rf"^{_TOKEN}(?:\.{_TOKEN})*$"
+_TOPIC = re.compile(_TOPIC_PATTERN)
+_GROUP = r"^[A-Za-z0-9_\-.:]+$"
 _CONNECTION_ERRORS = (
     aio_pika.exceptions.AMQPConnectionError, aio_pika.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ConnectionClosed, aiormq.exceptions.ChannelClosed, ConnectionError, OSError,
@@ -68,8 +70,9 @@ _CONNECTION_ERRORS = (
 
 
 class GroupDeclaration(Strict):
-    topic: str = Field(description="Topic pattern of the group (`*` one word, `#` any words).")
-    group: str = Field(min_length=1, description="Consumer group (the `message` trigger's `group`).")
+    topic: str = Field(pattern=_TOPIC_PATTERN, description="Topic pattern of the group (`*` one word, `#` any "
+                       "number of words).")
+    group: str = Field(pattern=_GROUP, description="Consumer group (the `message` trigger's `group`).")
 
 
 class RabbitMqBrokerConfig(BrokerConfig):
@@ -82,7 +85,7 @@ class RabbitMqBrokerConfig(BrokerConfig):
     groups: list[GroupDeclaration] = Field(default_factory=list, description="Consumer groups whose queues "
                                            "are declared at start, so messages published before their first "
                                            "consumer runs are kept for it.")
-    dead_letter_group: str = Field("dlq", min_length=1, description="Group whose queue on `<topic>.dlq` keeps "
+    dead_letter_group: str = Field("dlq", pattern=_GROUP, description="Group whose queue on `<topic>.dlq` keeps "
                                    "dead letters (declared before the first one is published).")
     unroutable: Literal["error", "drop"] = Field("error", description="A publish that no queue is bound for: "
                                                  "`error` fails it (nothing is silently lost), `drop` accepts "
@@ -159,8 +162,9 @@ class RabbitMqBroker(Broker):
     # -- topology --------------------------------------------------------------------------------------------
 
     def queue_name(self, topic: str, group: str) -> str:
-        """The durable queue of `group` on pattern `topic` (the same in every replica)."""
-        return f"{self.cfg.queue_prefix}{group}/{topic}"
+        """The durable queue of `group` on pattern `topic` (the same in every replica; `*` is spelled `+`, which
+        queue names allow and topics do not contain)."""
+        return f"{self.cfg.queue_prefix}{group}/{topic.replace('*', '+')}"
 
     async def _declare_group(self, topic: str, group: str,
                              channel: aio_pika.abc.AbstractChannel | None = None) -> aio_pika.abc.AbstractQueue:
@@ -210,6 +214,8 @@ class RabbitMqBroker(Broker):
     # -- consuming -------------------------------------------------------------------------------------------
 
     async def _subscribe(self, topic: str, group: str, max_in_flight: int) -> Subscription:
+        if not re.match(_GROUP, group):
+            raise BrokerError(f"{self.label}: invalid group {group!r} (letters, digits, '_', '-', '.', ':')")
         if self.connection is None or self.connection.is_closed:
             raise BrokerUnavailableError(f"{self.label}: not connected")
         try:

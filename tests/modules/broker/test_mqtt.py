@@ -1,0 +1,73 @@
+"""broker.mqtt beyond the conformance suite: MQTT wildcards, unroutable publishes, topic checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import ValidationError
+
+from tests.modules.broker import brokers_mqtt
+from tests.modules.broker.conformance import Consumer, open_broker, unique
+from workflow_engine.errors import BrokerError
+from workflow_engine.registry.builtins import default_registry
+
+
+@pytest.fixture
+async def ns() -> AsyncIterator[str]:
+    token = unique("m")
+    yield token
+    await brokers_mqtt.cleanup(token)
+
+
+async def test_wildcards_follow_mqtt_syntax(ns: str) -> None:
+    """`+` is one level and `#` the rest; the message keeps its concrete topic."""
+    harness = brokers_mqtt.harness()
+    config = {**harness.config(ns), "groups": [{"topic": f"{ns}/orders/#", "group": "all"},
+                                               {"topic": f"{ns}/orders/+", "group": "one"}]}
+    async with open_broker(harness, ns, config=config) as broker:
+        for topic in (f"{ns}/orders/created", f"{ns}/orders/eu/created"):
+            await broker.publish(topic, topic)
+        async with Consumer(broker, f"{ns}/orders/#", "all") as every, \
+                Consumer(broker, f"{ns}/orders/+", "one") as single:
+            got_all = await every.wait_count(2)
+            got_one = await single.wait_count(1)
+            assert await single.quiet_for(0.5) == 0
+            for message in [*got_all, *got_one]:
+                await message.ack()
+    assert sorted(m.topic for m in got_all) == [f"{ns}/orders/created", f"{ns}/orders/eu/created"]
+    assert [m.topic for m in got_one] == [f"{ns}/orders/created"]
+    assert all(m.body == m.topic for m in got_all)
+    for topic, group in ((f"{ns}/orders/#", "all"), (f"{ns}/orders/+", "one")):
+        await brokers_mqtt.end_session(ns, topic, group)
+
+
+async def test_a_publish_no_subscription_matches_fails_unless_dropping_is_allowed(ns: str) -> None:
+    harness = brokers_mqtt.harness()
+    config = {**harness.config(ns), "groups": []}
+    async with open_broker(harness, ns, config=config) as broker:
+        with pytest.raises(BrokerError, match="no subscription matches") as caught:
+            await broker.publish(f"{ns}/nobody", {"n": 1})
+        assert caught.value.code == "unroutable"
+    async with open_broker(harness, ns, config={**config, "unroutable": "drop"}) as broker:
+        assert await broker.publish(f"{ns}/nobody", {"n": 2})
+
+
+async def test_group_topics_are_checked_with_the_config() -> None:
+    spec = default_registry().modules["broker.mqtt"]
+    with pytest.raises(ValidationError, match=r"groups\.0\.topic"):
+        spec.config_model.model_validate({"groups": [{"topic": "orders/#/x", "group": "g"}]})
+    with pytest.raises(ValidationError, match=r"groups\.0\.group"):
+        spec.config_model.model_validate({"groups": [{"topic": "orders/+", "group": "a/b"}]})
+
+
+async def test_topic_syntax_is_checked(ns: str) -> None:
+    async with open_broker(brokers_mqtt.harness(), ns, config={**brokers_mqtt.harness().config(ns),
+                                                               "groups": []}) as broker:
+        assert broker.check_topic("a/+/b.c/#", pattern=True) is None
+        assert "wildcard" in (broker.check_topic("a/+", pattern=False) or "")
+        assert "invalid topic" in (broker.check_topic("a/#/b", pattern=True) or "")
+        assert "invalid topic" in (broker.check_topic("$SYS/x", pattern=False) or "")
+        with pytest.raises(BrokerError) as caught:
+            await broker.publish(f"{ns}/#", 1)
+        assert caught.value.code == "invalid_topic"

@@ -1,0 +1,76 @@
+"""broker.rabbitmq beyond the conformance suite: routing-key wildcards, unroutable publishes, topic checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import ValidationError
+
+from tests.modules.broker import brokers_rabbitmq
+from tests.modules.broker.conformance import Consumer, open_broker, unique
+from workflow_engine.errors import BrokerError
+from workflow_engine.observability.metrics import Metrics
+from workflow_engine.registry.builtins import default_registry
+
+
+@pytest.fixture
+async def ns() -> AsyncIterator[str]:
+    token = unique("r")
+    yield token
+    await brokers_rabbitmq.cleanup(token)
+
+
+async def test_wildcards_follow_routing_key_syntax(ns: str) -> None:
+    """`*` is one word and `#` any number of words; the message keeps its concrete topic."""
+    harness = brokers_rabbitmq.harness()
+    config = {**harness.config(ns), "groups": [{"topic": f"{ns}.orders.#", "group": "all"},
+                                               {"topic": f"{ns}.orders.*", "group": "one"}]}
+    async with open_broker(harness, ns, config=config) as broker:
+        for topic in (f"{ns}.orders.created", f"{ns}.orders.eu.created", f"{ns}.orders"):
+            await broker.publish(topic, topic)
+        async with Consumer(broker, f"{ns}.orders.#", "all") as every, \
+                Consumer(broker, f"{ns}.orders.*", "one") as single:
+            got_all = await every.wait_count(3)
+            got_one = await single.wait_count(1)
+            assert await single.quiet_for(0.5) == 0
+            for message in [*got_all, *got_one]:
+                await message.ack()
+    assert sorted(m.topic for m in got_all) == sorted([f"{ns}.orders", f"{ns}.orders.created",
+                                                       f"{ns}.orders.eu.created"])
+    assert [m.topic for m in got_one] == [f"{ns}.orders.created"]
+    assert all(m.body == m.topic for m in got_all)
+    await brokers_rabbitmq.cleanup(ns, [("orders.#", "all"), ("orders.+", "one")])
+
+
+async def test_a_publish_no_queue_takes_fails_unless_dropping_is_allowed(ns: str) -> None:
+    harness = brokers_rabbitmq.harness()
+    metrics = Metrics(process=False)
+    config = {**harness.config(ns), "groups": []}
+    async with open_broker(harness, ns, config=config, metrics=metrics) as broker:
+        with pytest.raises(BrokerError, match="no queue is bound") as caught:
+            await broker.publish(f"{ns}.nobody", {"n": 1})
+        assert caught.value.code == "unroutable"
+    assert metrics.registry.get_sample_value("broker_messages_total", {
+        "broker": "bus", "topic": f"{ns}.nobody", "direction": "out", "status": "error"}) == 1
+    async with open_broker(harness, ns, config={**config, "unroutable": "drop"}) as broker:
+        assert await broker.publish(f"{ns}.nobody", {"n": 2})
+
+
+async def test_group_topics_are_checked_with_the_config() -> None:
+    spec = default_registry().modules["broker.rabbitmq"]
+    with pytest.raises(ValidationError, match=r"groups\.0\.topic"):
+        spec.config_model.model_validate({"groups": [{"topic": "orders.>", "group": "g"}]})
+    with pytest.raises(ValidationError, match=r"groups\.0\.group"):
+        spec.config_model.model_validate({"groups": [{"topic": "orders.*", "group": "a/b"}]})
+
+
+async def test_topic_syntax_is_checked(ns: str) -> None:
+    async with open_broker(brokers_rabbitmq.harness(), ns) as broker:
+        assert broker.check_topic("a.*.#", pattern=True) is None
+        assert "wildcard" in (broker.check_topic("a.*", pattern=False) or "")
+        assert "invalid topic" in (broker.check_topic("a.>", pattern=True) or "")
+        assert "invalid topic" in (broker.check_topic("a/b", pattern=False) or "")
+        with pytest.raises(BrokerError) as caught:
+            await broker.publish(f"{ns}.#", 1)
+        assert caught.value.code == "invalid_topic"
