@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -40,6 +41,7 @@ class Drill:
     prom: Prometheus
     culprit: tuple[str, str] = ("", "")  # ComponentTimeout: (module, name)
     memory_via_component: bool = False  # HighMemoryUsage: the engine has the cache component
+    extras: dict[str, Any] = field(default_factory=dict)  # what a drill's cause needs (a port, a socket)
     log: list[str] = field(default_factory=list)
     client: httpx.Client = field(init=False)
 
@@ -273,6 +275,52 @@ def high_http_latency(d: Drill) -> None:
     d.until_resolved(lambda: d.hit("GET", "/search", 300, expect=200))
 
 
+class _Payments(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"charged": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def circuit_breaker_open(d: Drill) -> None:
+    d.hit("GET", "/browse", 20, expect=200)
+    d.scraped()
+    d.note("inducing: the payments service is down; /charge calls fail until the breaker opens")
+    d.hit("GET", "/charge", 5)
+    firing = d.until_firing(lambda: time.sleep(0.5))
+    assert {(a["labels"]["module"], a["labels"]["name"]) for a in firing} == {("http_client", "payments")}
+    ranked = d.investigate()
+    assert [(m["module"], m["name"]) for m, _ in ranked] == [("http_client", "payments")]
+    d.note("removing: the payments service is up; the breaker's trial call succeeds and closes it")
+    server = ThreadingHTTPServer(("127.0.0.1", d.extras["payments_port"]), _Payments)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        d.until_resolved(lambda: (d.hit("GET", "/charge"), time.sleep(0.5)))
+        d.hit("GET", "/charge", expect=200)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def engine_not_ready(d: Drill) -> None:
+    d.note("inducing: the engine's HTTP port is taken, so module web keeps retrying and /readyz answers 503")
+    assert httpx.get(f"{d.engine.mgmt}/readyz", timeout=5).json()["components"]["web"]["state"] == "retrying"
+    d.until_firing(lambda: time.sleep(0.5))
+    ranked = d.investigate()
+    assert [m["instance"] for m, _ in ranked] == [d.engine.mgmt.removeprefix("http://")]
+    d.note("removing: the port is freed; the module binds it and the replica turns ready")
+    d.extras["blocker"].close()
+    d.until_resolved(lambda: time.sleep(0.5))
+    assert httpx.get(f"{d.engine.mgmt}/readyz", timeout=5).status_code == 200
+
+
 DRILLS: dict[str, Callable[[Drill], None]] = {
     "HighErrorRate": high_error_rate,
     "SlowWorkflows": slow_workflows,
@@ -281,6 +329,8 @@ DRILLS: dict[str, Callable[[Drill], None]] = {
     "HighMemoryUsage": high_memory_usage,
     "HighHTTPErrorRate": high_http_error_rate,
     "HighHTTPLatency": high_http_latency,
+    "EngineNotReady": engine_not_ready,
+    "CircuitBreakerOpen": circuit_breaker_open,
 }
 # Drill engines that need a different environment.
 ENGINE_ENV = {"HighMemoryUsage": {"MEMORY_LIMIT": "400Mi"}}
