@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from workflow_engine.modules.base import ModuleContext
-from workflow_engine.modules.dynamic.component import DynamicComponent, DynamicComponentConfig
+from workflow_engine.modules.dynamic.component import DynamicComponent
+from workflow_engine.modules.dynamic.config import DynamicComponentConfig
 from workflow_engine.observability.logging import configure_logging
 from workflow_engine.observability.metrics import Metrics
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.factories import TaskOwner
 from workflow_engine.modules.base import ModuleContext
-from workflow_engine.modules.dynamic.component import DynamicComponent, DynamicComponentConfig
+from workflow_engine.modules.dynamic.component import DynamicComponent
+from workflow_engine.modules.dynamic.config import DynamicComponentConfig
 from workflow_engine.observability.metrics import Metrics
 
 ComponentFactory = Callable[..., Awaitable[DynamicComponent]]

@@ -14,7 +14,8 @@ from tests.factories import wait_until
 from tests.modules.dynamic.conftest import ComponentFactory, ops, versions, write_source
 from workflow_engine.errors import ComponentLoadError, ComponentUnavailableError, ModuleError, StepTimeoutError
 from workflow_engine.modules.base import ModuleContext
-from workflow_engine.modules.dynamic.component import DynamicComponent, DynamicComponentConfig
+from workflow_engine.modules.dynamic.component import DynamicComponent
+from workflow_engine.modules.dynamic.config import DynamicComponentConfig
 from workflow_engine.modules.dynamic.isolation import InlineRunner
 from workflow_engine.observability.metrics import Metrics
 

@@ -19,47 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
-
-from workflow_engine.config.models import Strict
-from workflow_engine.durations import ByteSize, Duration
 from workflow_engine.errors import ComponentLoadError, ComponentUnavailableError, ModuleError, StepTimeoutError
 from workflow_engine.modules.base import Module, ModuleContext
+from workflow_engine.modules.dynamic.config import DynamicComponentConfig
 from workflow_engine.modules.dynamic.isolation import InlineRunner, ProcessRunner, Runner
 from workflow_engine.modules.dynamic.loader import check_source
 from workflow_engine.modules.dynamic.policy import ImportPolicy
 from workflow_engine.modules.dynamic.pool import WorkerSpec
 from workflow_engine.modules.dynamic.watcher import watch_source
 from workflow_engine.registry.specs import ModuleSpec
+from workflow_engine.store.base import StoreError
 
 KIND = "dynamic"
-
-
-class DynamicComponentConfig(Strict):
-    """A Python component called by `call` steps."""
-
-    source: str | None = Field(
-        None, description="Python file implementing the contract, relative to the config file; watched and "
-        "reloaded on save. Omit to serve only a source uploaded through the API.",
-    )
-    timeout: Duration = Field(5.0, gt=0, description="Deadline of one call (a step's own timeout can shorten it).")
-    isolation: Literal["inline", "process"] = Field(
-        "inline", description="inline: trusted code in the engine's process; process: worker processes with "
-        "memory and CPU limits and a hard timeout (see docs/DYNAMIC.md for what each protects against).",
-    )
-    config: dict[str, Any] = Field(default_factory=dict, description="Passed to the component's `setup(config)`.")
-    max_concurrency: int = Field(64, ge=1, description="Calls running at once; more wait for a slot.")
-    allow_imports: list[str] = Field(
-        default_factory=list, description="Modules allowed in addition to the default allowlist (standard-library "
-        "modules without process, file-system or network access, and pydantic).",
-    )
-    workers: int = Field(2, ge=1, le=64, description="process: worker processes per version.")
-    memory_limit: ByteSize = Field(
-        512 * 1024 * 1024, ge=32 * 1024 * 1024, description="process: address-space limit of each worker.")
-    cpu_limit: Duration = Field(30.0, gt=0, description="process: CPU seconds one call may use before the worker "
-                                "is killed (SIGXCPU).")
-    watch: bool = Field(True, description="Reload when the source file changes.")
-    debounce: Duration = Field(0.05, ge=0, description="Changes within this time are applied as one reload.")
 
 
 @dataclass(eq=False)
@@ -103,6 +74,8 @@ class DynamicComponent(Module):
         # Sync `execute` of inline versions runs here (threads start on demand, max_concurrency at most).
         self._threads = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"component-{name}")
         self._watcher: asyncio.Task[Any] | None = None
+        self._poller: asyncio.Task[Any] | None = None
+        self._refused_digest: str | None = None
         self._gauge = ctx.metrics.dynamic_component_versions.labels(name)
         self._gauge.set(0)
 
@@ -122,12 +95,15 @@ class DynamicComponent(Module):
         if self.path is not None and self.config.watch and self._watcher is None:
             self._watcher = self.ctx.spawn(watch_source(self.path, self._file_changed,
                                                         debounce=self.config.debounce), "watch")
+        if self.ctx.store is not None and self.config.store_poll is not None and self._poller is None:
+            self._poller = self.ctx.spawn(self._poll_store(self.config.store_poll), "store-poll")
 
     async def stop(self) -> None:
         """Stop watching; retire every version (teardown after their calls drain)."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        for task in (self._watcher, self._poller):
+            if task is not None:
+                task.cancel()
+        self._watcher = self._poller = None
         async with self._lock:
             current, self.current = self.current, None
             if current is not None:
@@ -174,6 +150,39 @@ class DynamicComponent(Module):
         if unchanged is not None and unchanged.digest == _digest(source):
             return unchanged
         return await self._build(source, "file", operation)
+
+    async def _poll_store(self, interval: float) -> None:
+        """Follow uploads and deletions made through other replicas (they share the store, not the API call)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync_from_store()
+            except (ComponentLoadError, StoreError) as exc:
+                self.ctx.log.warning("component source in the store not applied", error=exc)
+
+    async def sync_from_store(self) -> None:
+        """Make the active version match the store: its upload if there is one, else the file."""
+        assert self.ctx.store is not None
+        async with self._lock:
+            stored = await self.ctx.store.get_component(self.name)
+            current = self.current
+            if stored is not None:
+                if current is not None and current.origin == "upload" and current.digest == stored.digest:
+                    return
+                if stored.digest == self._refused_digest:
+                    return
+                try:
+                    version = await self._build(stored.source, "upload", "reload")
+                except ComponentLoadError:
+                    self._refused_digest = stored.digest
+                    raise
+                await self._activate(version, "reload")
+            elif current is not None and current.origin == "upload":
+                if self.path is not None:
+                    await self._activate(await self._build_file("reload"), "reload")
+                else:
+                    self.current = None
+                    await self._dispose(current)
 
     async def upload(self, source: str) -> ComponentVersion:
         """Make an uploaded source the active version: built and checked, kept in the store, then swapped."""
