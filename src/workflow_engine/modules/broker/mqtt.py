@@ -289,6 +289,8 @@ class MqttBroker(Broker):
 
     async def _ack(self, message: Message) -> None:
         mid, sub = message.native
+        if sub.closed:  # not an outage of the broker: the session sends it again when it resumes
+            raise BrokerError(f"{self.label}: the consumer of {message.id} is closed (it will be delivered again)")
         rc = sub.client._client.ack(mid, 1)
         if rc != paho.MQTT_ERR_SUCCESS:
             raise BrokerUnavailableError(f"{self.label}: PUBACK of {message.id}: {paho.error_string(rc)}")
@@ -316,6 +318,8 @@ class MqttBroker(Broker):
 
     async def _retry(self, message: Message) -> None:
         _, sub = message.native
+        if sub.closed:  # the session holds it unacknowledged and sends it again: no copy needed
+            raise BrokerError(f"{self.label}: the consumer of {message.id} is closed (it will be delivered again)")
         headers = {**wire_headers(message.headers, message.key, message.id), RETRY_TOPIC_HEADER: message.topic,
                    DELIVERIES_HEADER: str(message.delivery_count + 1)}
         await self._send(self._retry_topic(sub.group, message.topic), message.payload, headers,

@@ -246,6 +246,7 @@ class RabbitMqBroker(Broker):
 
     async def _ack(self, message: Message) -> None:
         incoming: aio_pika.abc.AbstractIncomingMessage = message.native
+        self._owner(incoming)  # a closed consumer's channel is gone: not an outage of the broker
         try:
             await incoming.ack()
         except (*_CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError) as exc:
@@ -283,8 +284,7 @@ class RabbitMqBroker(Broker):
         for sub in self._subscriptions:
             if incoming in sub.unsettled:
                 return sub
-        raise BrokerUnavailableError(f"{self.label}: the consumer of this delivery is gone (it will be "
-                                     "delivered again)")
+        raise BrokerError(f"{self.label}: the consumer of this delivery is closed (it will be delivered again)")
 
     def _settled(self, incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
         for sub in self._subscriptions:
