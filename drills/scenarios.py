@@ -321,6 +321,19 @@ def engine_not_ready(d: Drill) -> None:
     assert httpx.get(f"{d.engine.mgmt}/readyz", timeout=5).status_code == 200
 
 
+def executions_stuck(d: Drill) -> None:
+    d.hit("GET", "/browse", 20, expect=200)
+    d.scraped()
+    d.note("inducing: 3 imports wait for an event that does not come; none of that type ever finished")
+    d.hit("POST", "/import", 3, expect=202)
+    firing = d.until_firing(lambda: d.hit("GET", "/browse", 2, expect=200))
+    assert {a["labels"]["workflow_type"] for a in firing} == {"import"}
+    ranked = d.investigate()
+    assert [(m["workflow_type"], v) for m, v in ranked] == [("import", 3.0)]
+    d.note("removing: drill.release lets them finish")
+    d.until_resolved(lambda: (d.hit("POST", "/release", expect=200), time.sleep(0.5)))
+
+
 DRILLS: dict[str, Callable[[Drill], None]] = {
     "HighErrorRate": high_error_rate,
     "SlowWorkflows": slow_workflows,
@@ -331,6 +344,7 @@ DRILLS: dict[str, Callable[[Drill], None]] = {
     "HighHTTPLatency": high_http_latency,
     "EngineNotReady": engine_not_ready,
     "CircuitBreakerOpen": circuit_breaker_open,
+    "ExecutionsStuck": executions_stuck,
 }
 # Drill engines that need a different environment.
 ENGINE_ENV = {"HighMemoryUsage": {"MEMORY_LIMIT": "400Mi"}}

@@ -1,5 +1,7 @@
-"""`make drill`: the runbook's seven alerts, each induced on a real engine and seen firing and resolving in a
-real Prometheus that evaluates deploy/prometheus/alerts.yml (only `for:` shortened) every second.
+"""`make drill`: the runbook's seven alerts, and EngineNotReady, CircuitBreakerOpen and ExecutionsStuck, each
+induced on a real engine and seen firing and resolving in a real Prometheus that evaluates
+deploy/prometheus/alerts.yml (only `for:` shortened) every second. BrokerBacklogGrowing and DeadLetters have
+promtool unit tests only (DeadLetters looks back 10 minutes, longer than a drill may take).
 
 The drills run at once (module fixture), each against its own `workflow run`; each test reports one drill.
 """
@@ -74,7 +76,7 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("alert", [*RUNBOOK_ALERTS, "EngineNotReady", "CircuitBreakerOpen"])
+@pytest.mark.parametrize("alert", [*RUNBOOK_ALERTS, "EngineNotReady", "CircuitBreakerOpen", "ExecutionsStuck"])
 def test_runbook_drill(alert: str, outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes[alert]
     assert outcome.error is None, f"{alert} drill failed: {outcome.error!r}\n" + "\n".join(outcome.log)
