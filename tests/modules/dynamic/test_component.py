@@ -21,17 +21,20 @@ from workflow_engine.observability.metrics import Metrics
 
 VERSIONED = """
 EVENTS = None
+GATE = None
 
 async def setup(config):
-    global EVENTS
+    global EVENTS, GATE
     EVENTS = config["events"]
+    GATE = config.get("gate")
     EVENTS.append("setup v{n}")
 
 async def teardown():
     EVENTS.append("teardown v{n}")
 
 async def execute(ctx, input):
-    await ctx.sleep(input.get("wait", 0))
+    if input.get("block"):
+        await GATE.wait()
     return {{"version": {n}}}
 """
 
@@ -43,9 +46,10 @@ def versioned(n: int) -> str:
 async def test_reload_reaches_the_next_call_and_running_calls_finish_on_their_version(
         make_component: ComponentFactory, metrics: Metrics, tmp_path: Path) -> None:
     events: list[str] = []
-    component = await make_component(versioned(1), config={"events": events})
+    gate = asyncio.Event()  # holds the first call on v1 until the test has swapped in v2
+    component = await make_component(versioned(1), config={"events": events, "gate": gate})
     assert await component.call({}, "e0") == {"version": 1}
-    slow = asyncio.create_task(component.call({"wait": 0.3}, "e1"))
+    slow = asyncio.create_task(component.call({"block": True}, "e1"))
     await wait_until(lambda: component.current is not None and component.current.in_flight == 1, "call started")
 
     write_source(tmp_path / "comp.py", versioned(2))
@@ -54,6 +58,7 @@ async def test_reload_reaches_the_next_call_and_running_calls_finish_on_their_ve
     assert await component.call({}, "e2") == {"version": 2}
     assert versions(metrics, "comp") == 2  # v1 is held until its call drains
     assert events == ["setup v1", "setup v2"]
+    gate.set()
     assert await slow == {"version": 1}
     await wait_until(lambda: versions(metrics, "comp") == 1, "v1 unloaded")
     assert events == ["setup v1", "setup v2", "teardown v1"]
@@ -215,8 +220,8 @@ async def test_sync_code_runs_on_the_components_own_threads(make_component: Comp
         "    return {'thread': threading.current_thread().name}\n", allow_imports=["threading"], timeout="50ms",
         max_concurrency=8)
     assert (await component.call({"sleep": 0}, "e0"))["thread"].startswith("component-comp")
-    overrun = [component.call({"sleep": 2}, f"e{i}") for i in range(8)]
+    overrun = [component.call({"sleep": 3}, f"e{i}") for i in range(8)]
     results = await asyncio.gather(*overrun, return_exceptions=True)
     assert all(isinstance(r, StepTimeoutError) for r in results)
     # Eight threads are still sleeping, none of them the engine's: its default executor still answers at once.
-    assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1.5) == "free"
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 2) == "free"
