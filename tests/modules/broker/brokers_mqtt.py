@@ -62,13 +62,13 @@ async def _end(session: str, port: int) -> None:
 
 
 @asynccontextmanager
-async def private_server(tmp: Path, ns: str) -> AsyncIterator[PrivateServer]:
-    """mosquitto on a free port, persistence in `tmp` (written when it stops)."""
+async def private_server(tmp: Path, ns: str, extra: str = "") -> AsyncIterator[PrivateServer]:
+    """mosquitto on a free port, persistence in `tmp` (written when it stops); `extra`: more config lines."""
     port = free_port()
     conf = tmp / "mosquitto.conf"
     # `user`: started as root, mosquitto would switch to user mosquitto, which cannot write to the temp dir.
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                    f"persistence true\npersistence_location {tmp}/\n")
+                    f"persistence true\npersistence_location {tmp}/\n{extra}")
     args = ["mosquitto", "-c", str(conf)]
     with ExitStack() as stack:
         current = stack.enter_context(process(args, tmp / "mosquitto.log"))

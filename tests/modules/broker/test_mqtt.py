@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from tests.factories import wait_until
 from tests.modules.broker import brokers_mqtt
 from tests.modules.broker.conformance import Consumer, open_broker, unique
 from workflow_engine.errors import BrokerError
@@ -71,3 +73,23 @@ async def test_topic_syntax_is_checked(ns: str) -> None:
         with pytest.raises(BrokerError) as caught:
             await broker.publish(f"{ns}/#", 1)
         assert caught.value.code == "invalid_topic"
+
+
+async def test_messages_the_server_drops_are_reported(tmp_path: Path) -> None:
+    """Mosquitto drops what a session cannot queue (max_queued_messages) yet answers PUBACK success: the module
+    reads the server's dropped counter and reports it."""
+    ns = unique("m")
+    extra = "max_queued_messages 2\nsys_interval 1\n"
+    async with brokers_mqtt.private_server(tmp_path, ns, extra) as server:
+        config = {**server.config, "groups": [{"topic": f"{ns}.queued", "group": "g"}]}
+        async with open_broker(brokers_mqtt.harness(), ns, config=config) as broker:
+            for i in range(5):  # the group's session is offline: it holds 2, the server drops 3
+                await broker.publish(f"{ns}.queued", i)
+            await wait_until(lambda: broker.describe()["server_dropped"] >= 3, "the server's drops are counted")
+            async with Consumer(broker, f"{ns}.queued", "g") as consumer:
+                kept = await consumer.wait_count(2)
+                assert await consumer.quiet_for(0.5) == 0
+                for message in kept:
+                    await message.ack()
+        assert broker.describe()["server_dropped"] == 3
+        assert [m.body for m in kept] == [0, 1]

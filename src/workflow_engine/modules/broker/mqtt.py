@@ -27,7 +27,9 @@ group `dead_letter_group` on that topic exists (so they wait for an operator), t
 What remains weaker than the other brokers (Mosquitto's behaviour): messages a session holds unacknowledged
 go back only to that session, when a consumer with the same client id reconnects; a replica that never comes
 back leaves them there until `session_expiry`, when the server discards them. Give every replica a stable
-`client_id` of its own (the default is the host name) and a session expiry longer than any outage.
+`client_id` of its own (the default is the host name) and a session expiry longer than any outage. Mosquitto
+also drops QoS 1 messages of a session over `max_queued_messages` while answering PUBACK success: configure it
+unlimited; `mqtt_drops.DropWatch` makes such drops visible (an error log and `describe()`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from workflow_engine.modules.broker.message import (
     split_headers,
     wire_headers,
 )
+from workflow_engine.modules.broker.mqtt_drops import DropWatch
 from workflow_engine.registry.specs import ModuleSpec
 
 RETRY_TOPIC_HEADER = "x-retry-topic"
@@ -95,6 +98,8 @@ class MqttBrokerConfig(BrokerConfig):
                                    "dead letters (created before the first one is published).")
     internal_prefix: str = Field("workflow-engine", pattern=r"^[A-Za-z0-9_\-.]+(?:/[A-Za-z0-9_\-.]+)*$",
                                  description="Topic prefix of the groups' retry topics and of pings.")
+    watch_dropped: bool = Field(True, description="Follow Mosquitto's `$SYS/broker/publish/messages/dropped` "
+                                "and log an error when the server drops messages (queue limits).")
     unroutable: Literal["error", "drop"] = Field("error", description="A publish that no subscription matches: "
                                                  "`error` fails it, `drop` accepts that nobody listens.")
     session_expiry: Duration = Field(7 * 86400.0, gt=0, description="How long the server keeps a consumer's "
@@ -112,6 +117,7 @@ class MqttBroker(Broker):
         super().__init__(name, config, ctx)
         self.cfg = config
         self.publisher: aiomqtt.Client | None = None
+        self.drops = DropWatch(ctx.log, f"{config.host}:{config.port}")
         self._pubacks: dict[int, asyncio.Future[int]] = {}
         self._declared: set[str] = set()  # sessions subscribed on the current connection
         self._groups: dict[str, tuple[str, str]] = {}  # session -> (topic, group) of every group declared
@@ -153,6 +159,8 @@ class MqttBroker(Broker):
                 self.lost(f"disconnected from {self.cfg.host}:{self.cfg.port}")
 
         paho_client.on_disconnect = disconnected
+        if self.cfg.watch_dropped:
+            await self.drops.start(client, self.cfg.operation_timeout)
         # Again after every reconnect: Mosquitto 2.0 restores persistent sessions after a restart but not their
         # shared subscriptions, and a group without them would miss what is published until its consumer returns.
         self._declared.clear()
@@ -334,7 +342,8 @@ class MqttBroker(Broker):
         await self._ack(message)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "server": f"{self.cfg.host}:{self.cfg.port}", "client_id": self.cfg.client_id}
+        return {**super().describe(), "server": f"{self.cfg.host}:{self.cfg.port}", "client_id": self.cfg.client_id,
+                "server_dropped": self.drops.dropped}
 
 
 class MqttSubscription(Subscription):
