@@ -3,8 +3,8 @@
 Mosquitto discards QoS 1 messages for a session whose queue is over `max_queued_messages` (default 1000) or
 `max_queued_bytes`, and still answers the publisher's PUBACK with success. It counts them in the retained
 topic `$SYS/broker/publish/messages/dropped` (for the whole server). `broker.mqtt` subscribes to it on its
-publishing connection and logs an error with the increase, so the loss is at least visible; `describe()` (and
-the modules API) shows the total seen since the module connected.
+publishing connection and logs an error with the increase, so the loss is at least visible; the module's
+`describe()` has the total seen since it connected (`server_dropped`).
 """
 
 from __future__ import annotations
