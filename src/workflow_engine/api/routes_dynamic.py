@@ -38,6 +38,8 @@ class ComponentView(BaseModel):
     in_flight: int | None = Field(None, description="Calls running on the active version.")
     worker_pids: list[int] | None = Field(None, description="isolation: process: the workers' process ids.")
     workers_replaced: int | None = Field(None, description="isolation: process: workers killed and replaced.")
+    spare_worker_pids: list[int] | None = Field(
+        None, description="isolation: process: worker processes started ahead for the next version or replacement.")
 
 
 class ComponentDetail(ComponentView):

@@ -106,9 +106,12 @@ async def test_a_refused_version_starts_no_worker(make_component: ComponentFacto
 async def test_reload_swaps_worker_pools(make_component: ComponentFactory, metrics: Metrics) -> None:
     component = await make_component(WORKER, isolation="process", workers=1, config={"greeting": "hi"})
     [old] = pids(component)
+    await wait_until(lambda: len(component.describe()["spare_worker_pids"]) == 1, "a spare worker started")
+    [spare] = component.describe()["spare_worker_pids"]
     await component.upload(WORKER.replace('CONFIG["greeting"]', '"new " + CONFIG["greeting"]'))
     assert await component.call({}, "e1") == {"greeting": "new hi", "execution": "e1"}
-    assert pids(component) != [old]
+    assert pids(component) == [spare]  # the new version took the spare: no interpreter start on the way
+    assert spare != old
     assert ops(metrics, "comp", "unload", "success") == 1
 
 

@@ -26,6 +26,7 @@ from workflow_engine.modules.dynamic.isolation import InlineRunner, ProcessRunne
 from workflow_engine.modules.dynamic.loader import check_source
 from workflow_engine.modules.dynamic.policy import ImportPolicy
 from workflow_engine.modules.dynamic.pool import WorkerSpec
+from workflow_engine.modules.dynamic.spares import Spares
 from workflow_engine.modules.dynamic.watcher import watch_source
 from workflow_engine.registry.specs import ModuleSpec
 from workflow_engine.store.base import StoreError
@@ -73,6 +74,8 @@ class DynamicComponent(Module):
         self._slots = asyncio.Semaphore(config.max_concurrency)
         # Sync `execute` of inline versions runs here (threads start on demand, max_concurrency at most).
         self._threads = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"component-{name}")
+        # isolation: process: worker processes started ahead for the next version or replacement.
+        self._spares: Spares | None = None
         self._watcher: asyncio.Task[Any] | None = None
         self._poller: asyncio.Task[Any] | None = None
         self._refused_digest: str | None = None
@@ -110,6 +113,8 @@ class DynamicComponent(Module):
                 self._retire(current)
         await asyncio.gather(*(self._unload_when_drained(v) for v in list(self._held)))
         self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._spares is not None:
+            await self._spares.close()
 
     # -- sources -----------------------------------------------------------------------------------------------
 
@@ -245,7 +250,9 @@ class DynamicComponent(Module):
         spec = WorkerSpec(self.name, filename, source, tuple(sorted(self.policy.allowed)),
                           tuple(sorted(self.policy.trusted)), self.config.config, self.config.memory_limit,
                           self.config.cpu_limit)
-        return ProcessRunner(spec, self.config.workers, self.ctx.spawn)
+        if self._spares is None:
+            self._spares = Spares(self.config.workers, self.config.memory_limit, self.ctx.spawn)
+        return ProcessRunner(spec, self.config.workers, self.ctx.spawn, self._spares)
 
     def _failed(self, operation: str, exc: ComponentLoadError, started: float) -> None:
         self.ctx.metrics.module_operation(KIND, self.name, operation, "error", time.perf_counter() - started)
@@ -341,6 +348,8 @@ class DynamicComponent(Module):
             "status": "ready" if current is not None else "empty", "versions_held": len(self._held),
             "last_error": self.last_error,
         }
+        if self._spares is not None:
+            out["spare_worker_pids"] = self._spares.pids
         if current is not None:
             out.update(version=current.number, origin=current.origin, digest=current.digest,
                        loaded_at=current.loaded_at, in_flight=current.in_flight, **current.runner.describe())

@@ -14,7 +14,8 @@ from workflow_engine.errors import ComponentLoadError, StepError, StepTimeoutErr
 from workflow_engine.modules.dynamic.contract import ComponentContext, ComponentLog, Contract
 from workflow_engine.modules.dynamic.loader import error_line, load_namespace
 from workflow_engine.modules.dynamic.policy import ImportPolicy
-from workflow_engine.modules.dynamic.pool import Spawn, WorkerPool, WorkerSpec, call_error
+from workflow_engine.modules.dynamic.pool import WorkerPool, WorkerSpec, call_error
+from workflow_engine.modules.dynamic.spares import Spares, Spawn
 
 
 class Runner(ABC):
@@ -84,8 +85,8 @@ class ProcessRunner(Runner):
     """Each call in a worker process: rlimits on memory and CPU, a hard timeout that kills and replaces the
     worker, a crash that fails only its call."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, spawn: Spawn) -> None:
-        self.pool = WorkerPool(spec, workers, spawn)
+    def __init__(self, spec: WorkerSpec, workers: int, spawn: Spawn, spares: Spares | None = None) -> None:
+        self.pool = WorkerPool(spec, workers, spawn, spares)
 
     async def start(self, config: dict[str, Any]) -> None:
         await self.pool.start()

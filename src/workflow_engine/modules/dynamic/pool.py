@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,16 +12,13 @@ import orjson
 import structlog
 
 from workflow_engine.errors import ComponentLoadError, StepError, StepTimeoutError, ValidationFailedError
+from workflow_engine.modules.dynamic.spares import Spares, Spawn, start_process
 
 log = structlog.get_logger("workflow_engine.dynamic")
 
-WORKER_MODULE = "workflow_engine.modules.dynamic.worker"
-MESSAGE_LIMIT = 64 * 1024 * 1024
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-WORKER_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
-Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 
 
 class WorkerCrashedError(StepError):
@@ -58,13 +52,10 @@ class Worker:
         return self.proc.pid
 
     @classmethod
-    async def start(cls, spec: WorkerSpec) -> Worker:
-        """Start a worker and load the version (setup included); ComponentLoadError if it refuses."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", WORKER_MODULE, str(spec.memory_limit),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MESSAGE_LIMIT,
-            env=worker_environment(),
-        )
+    async def start(cls, spec: WorkerSpec, spares: Spares | None = None) -> Worker:
+        """Start a worker (a spare one when there is one) and load the version (setup included);
+        ComponentLoadError if it refuses."""
+        proc = await spares.take() if spares is not None else await start_process(spec.memory_limit)
         worker = cls(proc)
         try:
             async with asyncio.timeout(START_TIMEOUT):
@@ -115,11 +106,6 @@ class Worker:
             await self.kill()
 
 
-def worker_environment() -> dict[str, str]:
-    """The few variables a worker needs to start Python; the engine's secrets (tokens, store URLs) stay out."""
-    return {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-
-
 def _exit_reason(code: int) -> str:
     if code < 0:
         try:
@@ -149,10 +135,11 @@ class WorkerPool:
     """`size` workers of one version; a call takes an idle one. A worker that times out or dies is killed and
     replaced in the background (a task of the owning module), so only that call fails."""
 
-    def __init__(self, spec: WorkerSpec, size: int, spawn: Spawn) -> None:
+    def __init__(self, spec: WorkerSpec, size: int, spawn: Spawn, spares: Spares | None = None) -> None:
         self.spec = spec
         self.size = size
         self._spawn = spawn
+        self._spares = spares
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
         self.workers: list[Worker] = []
         self.replaced = 0
@@ -164,7 +151,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker; on any failure none is left running."""
-        results = await asyncio.gather(*(Worker.start(self.spec) for _ in range(self.size)),
+        results = await asyncio.gather(*(Worker.start(self.spec, self._spares) for _ in range(self.size)),
                                        return_exceptions=True)
         started = [r for r in results if isinstance(r, Worker)]
         failures = [r for r in results if not isinstance(r, Worker)]
@@ -211,7 +198,7 @@ class WorkerPool:
         backoff = 0.1
         while not self._closed:
             try:
-                new = await Worker.start(self.spec)
+                new = await Worker.start(self.spec, self._spares)
             except (OSError, StepError, ComponentLoadError) as exc:  # e.g. out of processes: try again later
                 log.warning("cannot start a replacement worker, retrying", component=self.spec.name,
                             retry_in=backoff, error=exc)
