@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -80,3 +81,19 @@ def test_every_alert_has_a_firing_and_a_not_firing_unit_test() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names - firing == set(), "alerts without a firing case"
     assert names - quiet == set(), "alerts without a not-firing case"
+
+
+def test_the_drill_rules_differ_from_alerts_yml_only_in_for(tmp_path: Path) -> None:
+    from drills.prometheus import DRILL_FOR, drill_rules
+
+    drill = drill_rules()
+    rules = drill["groups"][0]["rules"]
+    assert {rule.get("for", DRILL_FOR) for rule in rules} == {DRILL_FOR}
+    original = yaml.safe_load(ALERTS.read_text())
+    for rule in original["groups"][0]["rules"]:
+        if "for" in rule:
+            rule["for"] = DRILL_FOR
+    assert drill == original
+    path = tmp_path / "drill-rules.yml"
+    path.write_text(yaml.safe_dump(drill))
+    assert promtool("check", "rules", str(path)).returncode == 0
