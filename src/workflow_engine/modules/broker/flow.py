@@ -23,10 +23,15 @@ class Backoff:
 
 
 class InFlight:
-    """Delivered-but-unsettled messages of one consumer, bounded by `limit`."""
+    """Delivered-but-unsettled messages of one consumer, bounded by `limit`.
+
+    Once full, `room` opens again only when a quarter of the limit (at most 64) is free: refilling one slot
+    at a time would cost a broker round trip per message.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.count = limit, 0
+        self.refill = max(1, min(limit // 4, 64))
         self.room = asyncio.Event()
         self.room.set()
 
@@ -37,4 +42,5 @@ class InFlight:
 
     def give(self) -> None:
         self.count -= 1
-        self.room.set()
+        if self.limit - self.count >= self.refill:
+            self.room.set()
