@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/http_pipeline.py
 	$(BIN)/python bench/durable.py
 	$(BIN)/python bench/reload.py
+	$(BIN)/python bench/broker_throughput.py
 
 docs: install
 	$(BIN)/python -c 'from workflow_engine.registry.builtins import default_registry; from workflow_engine.registry.docs import reference_markdown; print(reference_markdown(default_registry()), end="")' > docs/reference.md
