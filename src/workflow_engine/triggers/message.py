@@ -22,7 +22,7 @@ from pydantic import Field
 
 from workflow_engine.config.models import MessageErrorPolicy, Strict
 from workflow_engine.errors import AdmissionError, WorkflowEngineError
-from workflow_engine.modules.broker.base import Broker
+from workflow_engine.modules.broker.base import Broker, reraise_if_cancelled
 from workflow_engine.modules.broker.message import Message
 from workflow_engine.registry.specs import ModuleRef, TriggerSpec
 from workflow_engine.runtime.execution import Execution, ExecutionStatus
@@ -99,6 +99,7 @@ class _Handler:
                         message_id=message.id, reason=exc.code)
             await self._quietly(message.nack(self.policy.initial))
         except Exception as exc:  # the store or the broker failed: unsettled, it is delivered again
+            reraise_if_cancelled(exc)  # shutting down, and the client turned the cancellation into an error
             log.error("message handling failed; it will be delivered again", workflow_type=self.workflow,
                       message_id=message.id, topic=message.topic, error=exc)
             if message.settled is None:

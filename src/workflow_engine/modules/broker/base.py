@@ -255,7 +255,7 @@ class Broker(Module, abc.ABC):
                 async with asyncio.timeout(self.config.operation_timeout):
                     await (self._ping() if self.available else self._reconnect())
             except (Exception, TimeoutError) as exc:  # supervision boundary: an outage is a state, not a crash
-                _cancelled_meanwhile(exc)
+                reraise_if_cancelled(exc)
                 self._mark_lost(exc)
                 await asyncio.sleep(0)  # never spin without yielding, whatever the hooks do
                 continue
@@ -281,7 +281,7 @@ class Broker(Module, abc.ABC):
                 async with asyncio.timeout(self.config.operation_timeout):
                     await self._publish(topic, payload, hdrs, key, message_id)
             except (BrokerUnavailableError, TimeoutError) as exc:
-                _cancelled_meanwhile(exc)
+                reraise_if_cancelled(exc)
                 self._operation("publish", "timeout" if isinstance(exc, TimeoutError) else "error", started)
                 self.lost(exc)
                 remaining = deadline - time.monotonic()
@@ -321,14 +321,14 @@ class Broker(Module, abc.ABC):
                         sub = await self._open(topic, group, max_in_flight)
                     batch = await self._fetch(sub, flow.limit - flow.count)
                 except (Exception, TimeoutError) as exc:  # supervision boundary: resubscribe after backoff
-                    _cancelled_meanwhile(exc)
+                    reraise_if_cancelled(exc)
                     self._consume_failed(topic, exc)
                     if sub is not None:
                         await _close_quietly(sub)
                         sub = None
                     await asyncio.sleep(backoff.next())
                     continue
-                _cancelled_meanwhile(None)  # a client may also return normally from a cancelled read
+                reraise_if_cancelled(None)  # a client may also return normally from a cancelled read
                 backoff.reset()
                 for message in batch:
                     flow.take()
@@ -436,7 +436,7 @@ class Broker(Module, abc.ABC):
                 try:
                     count = await self.backlog(topic, group)
                 except (Exception, TimeoutError) as exc:  # supervision boundary: a gauge is not worth a crash
-                    _cancelled_meanwhile(exc)
+                    reraise_if_cancelled(exc)
                     self.ctx.log.debug("backlog not read", topic=topic, error=_reason(exc))
                     continue
                 if count is not None:
@@ -459,7 +459,7 @@ class Broker(Module, abc.ABC):
         self.metrics.module_operation(KIND, self.name, operation, status, time.perf_counter() - started)
 
 
-def _cancelled_meanwhile(exc: BaseException | None) -> None:
+def reraise_if_cancelled(exc: BaseException | None = None) -> None:
     """Re-raise a cancellation a client library swallowed (redis-py's blocking read can turn it into an error, or
     into an ordinary return): a loop that retries or fetches again would otherwise never end."""
     task = asyncio.current_task()
