@@ -140,6 +140,14 @@ def _drive(engine: EngineProcess, workdir: Path) -> None:
         assert mgmt.get("/api/executions", params={"status": "running", "workflow": "held"}).status_code == 200
 
 
+def _ready(engine: EngineProcess) -> bool:
+    assert engine.proc.poll() is None, f"the engine exited:\n{engine.logs()}"
+    try:
+        return httpx.get(f"{engine.mgmt}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextmanager
 def live_engine() -> Iterator[tuple[EngineProcess, Exported]]:
     """The engine after the workload, with what its /metrics exports."""
@@ -151,7 +159,8 @@ def live_engine() -> Iterator[tuple[EngineProcess, Exported]]:
         config.write_text(yaml.safe_dump(_config(workdir), sort_keys=False))
         env = {"CLOSED_PORT": str(free_port()), "WORKFLOW_API_TOKEN": "ops-live-token"}
         try:
-            with engine_process(config, env=env) as engine:
+            with engine_process(config, env=env, wait_ready=False) as engine:
+                wait_until(lambda: _ready(engine), timeout=90, interval=0.2)  # starting takes long on a busy machine
                 _drive(engine, workdir)
                 wait_until(lambda: "event_loop_lag_seconds_count" in engine.metrics())
                 yield engine, exported(engine.metrics())

@@ -24,7 +24,7 @@ def test_engine_ready_is_zero_while_readyz_answers_503_and_one_after() -> None:
                 except httpx.HTTPError:
                     return None
 
-            wait_until(lambda: scraped() is not None)
+            wait_until(lambda: scraped() is not None, timeout=90)  # starting takes long on a busy machine
             assert httpx.get(f"{engine.mgmt}/readyz").status_code == 503
             assert scraped() == 0
             blocker.close()
