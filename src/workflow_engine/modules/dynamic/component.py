@@ -276,7 +276,7 @@ class DynamicComponent(Module):
     async def _dispose(self, version: ComponentVersion) -> None:
         """Retire a replaced version: unloaded now when idle, else by a task once its calls drain."""
         self._retire(version)
-        if version.in_flight == 0:
+        if version.in_flight == 0 and not version.runner.closes_slowly:
             await self._unload_when_drained(version)
         else:
             self.ctx.spawn(self._unload_when_drained(version), f"unload-v{version.number}")

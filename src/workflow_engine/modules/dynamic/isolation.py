@@ -21,6 +21,10 @@ from workflow_engine.modules.dynamic.spares import Spares, Spawn
 class Runner(ABC):
     """Runs the calls of one loaded version."""
 
+    # Whether `close` takes long (stopping processes): then a replaced version is closed by a background task,
+    # so the next reload does not wait for it.
+    closes_slowly = False
+
     @abstractmethod
     async def start(self, config: dict[str, Any]) -> None:
         """Load the version and run its `setup(config)`; ComponentLoadError if refused."""
@@ -84,6 +88,8 @@ class InlineRunner(Runner):
 class ProcessRunner(Runner):
     """Each call in a worker process: rlimits on memory and CPU, a hard timeout that kills and replaces the
     worker, a crash that fails only its call."""
+
+    closes_slowly = True
 
     def __init__(self, spec: WorkerSpec, workers: int, spawn: Spawn, spares: Spares | None = None) -> None:
         self.pool = WorkerPool(spec, workers, spawn, spares)

@@ -23,12 +23,24 @@ def worker_environment() -> dict[str, str]:
 
 
 async def start_process(memory_limit: int) -> Process:
-    """A new worker process (it sets its own rlimits, then waits for a `load` message)."""
-    return await asyncio.create_subprocess_exec(
+    """A new worker process, returned once it has started (interpreter up, rlimits set, imports done) and waits
+    for a `load` message; OSError when it dies first."""
+    proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", WORKER_MODULE, str(memory_limit),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MESSAGE_LIMIT,
         env=worker_environment(),
     )
+    assert proc.stdout is not None
+    try:
+        hello = await proc.stdout.readline()
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    if not hello:
+        code = await proc.wait()
+        raise OSError(f"worker process {proc.pid} exited at start (code {code})")
+    return proc
 
 
 class Spares:

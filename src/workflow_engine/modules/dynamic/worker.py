@@ -117,12 +117,26 @@ def serve(incoming: IO[bytes], outgoing: IO[bytes]) -> None:
             return
 
 
+def _prewarm() -> None:
+    """Load pydantic now, model machinery included (most components use it for their schemas): a spare worker
+    waiting for its version has then already paid for it, and the reload does not."""
+    from pydantic import BaseModel
+
+    class Warm(BaseModel):
+        value: int
+
+    Warm.model_validate({"value": 1}).model_dump(mode="json")
+
+
 def main() -> None:
     """Entry point of a worker process."""
     memory = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     outgoing = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     _limit_memory(memory)
+    _prewarm()
+    outgoing.write(orjson.dumps({"ok": True, "started": os.getpid()}) + b"\n")  # the engine waits for this line
+    outgoing.flush()
     serve(sys.stdin.buffer, outgoing)
 
 
