@@ -93,3 +93,22 @@ async def test_messages_the_server_drops_are_reported(tmp_path: Path) -> None:
                     await message.ack()
         assert broker.describe()["server_dropped"] == 3
         assert [m.body for m in kept] == [0, 1]
+
+
+async def test_a_failed_settlement_resumes_the_session_to_get_the_message_back(tmp_path: Path) -> None:
+    """MQTT sends an unacknowledged message again only when its session resumes: when a dead letter cannot be
+    published (here the server's ACL refuses its topic), the consumer reconnects and gets the message back."""
+    ns = unique("m")
+    (tmp_path / "acl").write_text(f"topic deny {ns}.poison.dlq\ntopic readwrite #\n")
+    async with brokers_mqtt.private_server(tmp_path, ns, f"acl_file {tmp_path / 'acl'}\n") as server, \
+            open_broker(brokers_mqtt.harness(), ns, config=server.config) as broker:
+        sent = await broker.publish(f"{ns}.poison", {"n": 1})
+        async with Consumer(broker, f"{ns}.poison", "g") as consumer:
+            (first,) = await consumer.wait_count(1)
+            with pytest.raises(BrokerError, match="dead_letter of message"):
+                await first.dead_letter({"code": "failed", "message": "x"})
+            again = (await consumer.wait_count(2))[1]
+            await again.ack()
+            assert await consumer.quiet_for(0.5) == 0
+    assert again.id == first.id == sent
+    assert again.delivery_count == 2

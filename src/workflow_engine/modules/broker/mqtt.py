@@ -40,7 +40,7 @@ import hashlib
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import aiomqtt
@@ -120,6 +120,7 @@ class MqttBroker(Broker):
         self.drops = DropWatch(ctx.log, f"{config.host}:{config.port}")
         self._pubacks: dict[int, asyncio.Future[int]] = {}
         self._declared: set[str] = set()  # sessions subscribed on the current connection
+        self._declaring = asyncio.Lock()
         self._groups: dict[str, tuple[str, str]] = {}  # session -> (topic, group) of every group declared
         self._connected_sessions: set[str] = set()  # sessions a consumer of this module is connected to
 
@@ -199,16 +200,17 @@ class MqttBroker(Broker):
     async def _declare(self, topic: str, group: str) -> None:
         """Create the group's persistent session and subscriptions (then leave: the session keeps messages)."""
         session = self.session_id(topic, group)
-        if session in self._declared or session in self._connected_sessions:
-            return
-        client = self._client(session, persistent=True, receive_maximum=1)  # receives nothing it would ack
-        await self._enter(client, f"declaring group '{group}' on '{topic}'")
-        try:
-            await self._subscribe_all(client, topic, group)
-        finally:
-            await _leave(client)
-        self._declared.add(session)
-        self._groups[session] = (topic, group)
+        async with self._declaring:  # one at a time: two connections with one client id would take over
+            if session in self._declared or session in self._connected_sessions:
+                return
+            client = self._client(session, persistent=True, receive_maximum=1)  # receives nothing it would ack
+            await self._enter(client, f"declaring group '{group}' on '{topic}'")
+            try:
+                await self._subscribe_all(client, topic, group)
+            finally:
+                await _leave(client)
+            self._declared.add(session)
+            self._groups[session] = (topic, group)
 
     async def _subscribe_all(self, client: aiomqtt.Client, topic: str, group: str) -> None:
         for pattern in self._filters(topic, group):
@@ -318,9 +320,11 @@ class MqttBroker(Broker):
                     await self._retry(message)
                 return
             except (BrokerError, TimeoutError) as exc:  # the original stays unacked: redelivered on resume
-                if time.monotonic() > deadline or message.native[1].closed:
+                sub = message.native[1]
+                if time.monotonic() > deadline or sub.closed:
                     self.ctx.log.warning("delayed retry not republished; the server will deliver it again",
                                          id=message.id, error=str(exc) or type(exc).__name__)
+                    sub.stale = sub.stale or f"delayed retry of {message.id} failed"
                     return
                 await asyncio.sleep(self.cfg.reconnect_initial)
 
@@ -330,16 +334,18 @@ class MqttBroker(Broker):
             raise BrokerError(f"{self.label}: the consumer of {message.id} is closed (it will be delivered again)")
         headers = {**wire_headers(message.headers, message.key, message.id), RETRY_TOPIC_HEADER: message.topic,
                    DELIVERIES_HEADER: str(message.delivery_count + 1)}
-        await self._send(self._retry_topic(sub.group, message.topic), message.payload, headers,
-                         allow_unroutable=False)
-        await self._ack(message)
+        with sub.resume_on_failure(message):
+            await self._send(self._retry_topic(sub.group, message.topic), message.payload, headers,
+                             allow_unroutable=False)
+            await self._ack(message)
 
     async def _dead_letter(self, message: Message, error: Mapping[str, Any]) -> None:
         topic = message.topic + DLQ_SUFFIX
-        await self._declare(topic, self.cfg.dead_letter_group)
-        headers = wire_headers(dead_letter_headers(message, error), message.key, uuid7())
-        await self._send(topic, message.payload, headers, allow_unroutable=False)
-        await self._ack(message)
+        with message.native[1].resume_on_failure(message):
+            await self._declare(topic, self.cfg.dead_letter_group)
+            headers = wire_headers(dead_letter_headers(message, error), message.key, uuid7())
+            await self._send(topic, message.payload, headers, allow_unroutable=False)
+            await self._ack(message)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "server": f"{self.cfg.host}:{self.cfg.port}", "client_id": self.cfg.client_id,
@@ -353,6 +359,17 @@ class MqttSubscription(Subscription):
         self.broker, self.topic, self.group, self.session, self.client = broker, topic, group, session, client
         self.delivered: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
         self.closed = False
+        self.stale: str | None = None  # why the session must be resumed to get a message back
+
+    @contextlib.contextmanager
+    def resume_on_failure(self, message: Message) -> Iterator[None]:
+        """A settlement that fails leaves the message unacknowledged, and the server sends it again only when
+        the session resumes: the next fetch then reconnects the consumer instead of leaving it stuck."""
+        try:
+            yield
+        except Exception as exc:
+            self.stale = f"settling {message.id} failed ({type(exc).__name__}: {exc})"
+            raise
 
     def deliver(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self.delivered.put_nowait(msg)  # bounded by the session's Receive Maximum
@@ -360,6 +377,8 @@ class MqttSubscription(Subscription):
     async def fetch(self, limit: int, wait: float) -> list[Message]:
         if self.client._disconnected.done() or not self.client._client.is_connected():
             raise BrokerUnavailableError(f"{self.broker.label}: consumer session '{self.session}' disconnected")
+        if self.stale is not None:  # not an outage: the base resubscribes, the session resumes with the message
+            raise BrokerError(f"{self.broker.label}: resuming session '{self.session}': {self.stale}")
         out: list[Message] = []
         try:
             async with asyncio.timeout(wait):
