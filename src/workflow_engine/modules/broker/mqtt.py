@@ -120,7 +120,7 @@ class MqttBroker(Broker):
         self.drops = DropWatch(ctx.log, f"{config.host}:{config.port}")
         self._pubacks: dict[int, asyncio.Future[int]] = {}
         self._declared: set[str] = set()  # sessions subscribed on the current connection
-        self._declaring = asyncio.Lock()
+        self._declaring: dict[str, asyncio.Lock] = {}
         self._groups: dict[str, tuple[str, str]] = {}  # session -> (topic, group) of every group declared
         self._connected_sessions: set[str] = set()  # sessions a consumer of this module is connected to
 
@@ -167,8 +167,12 @@ class MqttBroker(Broker):
         self._declared.clear()
         for declared in self.cfg.groups:
             self._groups.setdefault(self.session_id(declared.topic, declared.group), (declared.topic, declared.group))
-        for topic, group in list(self._groups.values()):
-            await self._declare(topic, group)
+        try:
+            async with asyncio.TaskGroup() as declaring:  # different sessions: no reason to wait for each other
+                for topic, group in list(self._groups.values()):
+                    declaring.create_task(self._declare(topic, group))
+        except* BrokerError as group_error:
+            raise group_error.exceptions[0] from None
 
     async def _disconnect(self) -> None:
         client, self.publisher = self.publisher, None
@@ -200,7 +204,8 @@ class MqttBroker(Broker):
     async def _declare(self, topic: str, group: str) -> None:
         """Create the group's persistent session and subscriptions (then leave: the session keeps messages)."""
         session = self.session_id(topic, group)
-        async with self._declaring:  # one at a time: two connections with one client id would take over
+        # One at a time per session: two connections with one client id would take over from each other.
+        async with self._declaring.setdefault(session, asyncio.Lock()):
             if session in self._declared or session in self._connected_sessions:
                 return
             client = self._client(session, persistent=True, receive_maximum=1)  # receives nothing it would ack
