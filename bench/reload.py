@@ -119,7 +119,11 @@ async def component(metrics: Metrics, tasks: Tasks, directory: Path, isolation: 
 
 async def spares_ready(module: DynamicComponent) -> None:
     """In process mode, wait until the spare workers are up (saves are seconds apart, not back to back)."""
+    deadline = time.monotonic() + 60
     while len(module.describe().get("spare_worker_pids", [None])) < module.config.workers:
+        # Polled: the spares have no event to wait on, and this is the benchmark, not the engine.
+        if time.monotonic() > deadline:
+            raise RuntimeError("the spare workers did not start within 60 s")
         await asyncio.sleep(0.01)
 
 
