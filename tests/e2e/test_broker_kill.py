@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from tests.e2e.process import engine_process
+from tests.e2e.process import EngineProcess, engine_process
 from tests.modules.broker import brokers_nats, brokers_redis
 from tests.modules.broker.conformance import BrokerHarness, Consumer, open_broker, unique
 from workflow_engine.modules.broker.message import ERROR_HEADER, ORIGINAL_ID_HEADER
@@ -99,6 +100,17 @@ class Publisher(threading.Thread):
                     await asyncio.sleep(ahead)
 
 
+def _ready(engine: EngineProcess) -> None:
+    """Wait for /readyz 200 (a busy machine may need longer than process.py's 20 s to start an engine)."""
+    def ready() -> bool:
+        assert engine.proc.poll() is None, f"engine exited early:\n{engine.logs()[-3000:]}"
+        try:
+            return httpx.get(f"{engine.mgmt}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    _wait(ready, "the engine is ready", 90)
+
+
 def _wait(condition: Callable[[], bool], what: str, limit: float) -> None:
     deadline = time.monotonic() + limit
     while not condition():
@@ -123,13 +135,15 @@ def test_no_message_lost_or_run_twice_across_two_sigkills(name: str, tmp_path: P
     publisher = Publisher(harness, ns, config)
     try:
         for kill_at in (MESSAGES // 4, MESSAGES // 2):
-            with engine_process(app, env=env) as engine:
+            with engine_process(app, env=env, wait_ready=False) as engine:
+                _ready(engine)
                 if not publisher.is_alive() and not publisher.ids:
                     publisher.start()
                 _wait(lambda at=kill_at: _finished(db) >= at, f"{kill_at} executions finished", 120)  # type: ignore[misc]
                 engine.proc.send_signal(signal.SIGKILL)
                 engine.proc.wait(10)
-        with engine_process(app, env=env) as engine:
+        with engine_process(app, env=env, wait_ready=False) as engine:
+            _ready(engine)
             publisher.join(120)
             assert publisher.error is None, publisher.error
             assert len(publisher.ids) == MESSAGES
