@@ -28,7 +28,8 @@ class DynamicComponentConfig(Strict):
         default_factory=list, description="Modules allowed in addition to the default allowlist (standard-library "
         "modules without process, file-system or network access, and pydantic).",
     )
-    workers: int = Field(2, ge=1, le=64, description="process: worker processes per version.")
+    workers: int = Field(2, ge=1, le=64, description="process: worker processes per version; as many spare "
+                         "ones are kept started ahead for the next version or a replacement.")
     memory_limit: ByteSize = Field(
         512 * 1024 * 1024, ge=32 * 1024 * 1024, description="process: address-space limit of each worker.")
     cpu_limit: Duration = Field(30.0, gt=0, description="process: CPU seconds one call may use before the worker "
