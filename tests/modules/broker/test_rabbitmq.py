@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 from pydantic import ValidationError
 
 from tests.modules.broker import brokers_rabbitmq
 from tests.modules.broker.conformance import Consumer, open_broker, unique
-from workflow_engine.errors import BrokerError
+from workflow_engine.errors import BrokerError, BrokerUnavailableError
+from workflow_engine.modules.broker.rabbitmq import RabbitMqBroker
 from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.builtins import default_registry
 
@@ -74,3 +76,23 @@ async def test_topic_syntax_is_checked(ns: str) -> None:
         with pytest.raises(BrokerError) as caught:
             await broker.publish(f"{ns}.#", 1)
         assert caught.value.code == "invalid_topic"
+
+
+async def test_a_queue_declared_differently_is_a_config_problem_not_an_outage(ns: str) -> None:
+    """A group queue that exists with other arguments is refused by the server: BrokerError (logged, retried),
+    not BrokerUnavailableError (which would report the broker as down in /readyz)."""
+    harness = brokers_rabbitmq.harness()
+    async with open_broker(harness, ns) as broker:
+        assert isinstance(broker, RabbitMqBroker)
+        connection = await aio_pika.connect(brokers_rabbitmq.RABBITMQ_URL)
+        try:
+            channel = await connection.channel()
+            await channel.declare_queue(broker.queue_name(f"{ns}.other", "g"), durable=True,
+                                        arguments={"x-max-length": 5})
+        finally:
+            await connection.close()
+        with pytest.raises(BrokerError, match="refused") as caught:
+            await broker._subscribe(f"{ns}.other", "g", 4)
+        assert not isinstance(caught.value, BrokerUnavailableError)
+        assert broker.available
+    await brokers_rabbitmq.cleanup(ns, [("other", "g")])

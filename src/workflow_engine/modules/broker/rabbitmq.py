@@ -63,6 +63,10 @@ _TOKEN = r"(?:[A-Za-z0-9_\-]+|\*|#)"
 _TOPIC_PATTERN = rf"^{_TOKEN}(?:\.{_TOKEN})*$"
 _TOPIC = re.compile(_TOPIC_PATTERN)
 _GROUP = r"^[A-Za-z0-9_\-.:]+$"
+# The server refused a declaration (a queue of that name with other arguments, no permission): configuration,
+# not an outage.
+_REFUSED = (aiormq.exceptions.ChannelPreconditionFailed, aiormq.exceptions.ChannelAccessRefused,
+            aiormq.exceptions.ChannelNotFoundEntity, aiormq.exceptions.ChannelLockedResource)
 _CONNECTION_ERRORS = (
     aio_pika.exceptions.AMQPConnectionError, aio_pika.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ConnectionClosed, aiormq.exceptions.ChannelClosed, ConnectionError, OSError,
@@ -123,6 +127,8 @@ class RabbitMqBroker(Broker):
             self._declared.clear()
             for declared in self.cfg.groups:
                 await self._declare_group(declared.topic, declared.group)
+        except _REFUSED as exc:
+            raise BrokerError(f"{self.label}: declaring exchange and queues refused: {_describe(exc)}") from exc
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailableError(f"{self.label}: {_safe_url(self.cfg.url)}: {_describe(exc)}") from exc
         except aio_pika.exceptions.AMQPError as exc:
@@ -218,14 +224,22 @@ class RabbitMqBroker(Broker):
             raise BrokerError(f"{self.label}: invalid group {group!r} (letters, digits, '_', '-', '.', ':')")
         if self.connection is None or self.connection.is_closed:
             raise BrokerUnavailableError(f"{self.label}: not connected")
+        channel: aio_pika.abc.AbstractChannel | None = None
         try:
             channel = await self.connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=max_in_flight)
             queue = await self._declare_group(topic, group, channel)
             sub = RabbitMqSubscription(self, topic, group, channel)
             sub.tag = await queue.consume(sub.deliver, no_ack=False)
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailableError(f"{self.label}: subscribe to '{topic}': {_describe(exc)}") from exc
+        except BaseException as exc:  # also cancelled: a consumer nobody fetches from would hold its deliveries
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            if isinstance(exc, _REFUSED):
+                raise BrokerError(f"{self.label}: subscribe to '{topic}' refused: {_describe(exc)}") from exc
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise BrokerUnavailableError(f"{self.label}: subscribe to '{topic}': {_describe(exc)}") from exc
+            raise
         self._subscriptions.add(sub)
         return sub
 
@@ -273,6 +287,8 @@ class RabbitMqBroker(Broker):
         if name not in self._declared:
             try:
                 await self._declare_group(topic, self.cfg.dead_letter_group)
+            except _REFUSED as exc:
+                raise BrokerError(f"{self.label}: declaring '{name}' refused: {_describe(exc)}") from exc
             except _CONNECTION_ERRORS as exc:
                 raise BrokerUnavailableError(f"{self.label}: declaring '{name}': {_describe(exc)}") from exc
         _, exchange = self._publisher()
