@@ -19,7 +19,8 @@ async def test_a_cancelled_waiter_leaves_the_execution_answerable() -> None:
     assert not second.done()
     execution.set_response(Response(201, {"ok": True}, {}))  # must not raise on the cancelled future
     await asyncio.wait_for(second, 1)
-    assert execution.response is not None and execution.response.status == 201
+    assert execution.response is not None
+    assert execution.response.status == 201
 
 
 async def test_the_waiter_wakes_when_the_execution_finishes_without_a_respond_step() -> None:
