@@ -436,3 +436,28 @@ def test_every_cycle_named_once(registry: Registry) -> None:
         "app.yaml:6:52: modules[2].depends_on[1]: unknown module 'dd' (did you mean 'd'?)",
         "app.yaml:9:32: modules[3].config.events: dependency cycle: d -> e -> d",
     ]
+
+
+def test_on_message_error_without_a_message_trigger_is_reported() -> None:
+    from workflow_engine.registry.builtins import default_registry
+
+    text = """\
+        version: 1
+        name: shop
+        workflows:
+          manual-only:
+            on_message_error: {max_deliveries: 3}
+            steps:
+              - log: pong
+          scheduled:
+            trigger: {schedule: {every: 1m}}
+            on_message_error: {max_deliveries: 3}
+            steps:
+              - log: pong
+        """
+    assert issues(text, default_registry()) == [
+        "app.yaml:5:5: workflows.manual-only.on_message_error: on_message_error applies to workflows with a "
+        "message trigger; this one has a manual trigger",
+        "app.yaml:10:5: workflows.scheduled.on_message_error: on_message_error applies to workflows with a "
+        "message trigger; this one has a schedule trigger",
+    ]

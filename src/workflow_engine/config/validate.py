@@ -196,6 +196,10 @@ class _Checker:
         if not isinstance(raw, dict):
             return _Workflow(None, (), ())
         trigger = self._trigger(raw.get("trigger"), (*path, "trigger"))
+        kind = trigger.kind if trigger is not None else ("manual" if raw.get("trigger") is None else None)
+        if "on_message_error" in raw and kind is not None and kind != "message":
+            message = f"on_message_error applies to workflows with a message trigger; this one has a {kind} trigger"
+            self.issues.append(self.locator.issue((*path, "on_message_error"), message, key=True))
         parser = StepParser(self.registry, self.locator, self.refs)
         steps = parser.parse_list(raw.get("steps"), (*path, "steps"))
         on_error = parser.parse_list(raw.get("on_error"), (*path, "on_error"))
