@@ -126,7 +126,8 @@ def test_schedules_on_two_replicas_fire_once_per_tick(store: tuple[str, str]) ->
             assert a.stop() == 0
 
     for workflow in ("tick-every", "tick-cron"):
-        rows = _pg("select input, status, error from executions where workflow = $1", workflow, schema=schema)
+        rows = _pg("select input, status, error, owner from executions where workflow = $1", workflow,
+                   schema=schema)
         per_tick = Counter(_scheduled_at(row["input"]) for row in rows)
         assert set(per_tick.values()) == {1}, f"{workflow}: ticks run more than once: {per_tick}"
         ticks = sorted(per_tick)
@@ -134,7 +135,12 @@ def test_schedules_on_two_replicas_fire_once_per_tick(store: tuple[str, str]) ->
         # Both replicas compute the same ticks, so no two are closer than the 1 s period.
         gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(ticks)]
         assert min(gaps) >= 0.999, f"{workflow}: ticks closer than the period: {gaps}"
-        assert {row["status"] for row in rows} == {"success"}, [row["error"] for row in rows if row["error"]]
-        assert counter.calls[workflow] == len(rows)  # the step ran once per tick
+        # A tick still running when the 1 s shutdown grace ended (a loaded machine) is released, not lost: left
+        # `running` with no owner, for the next replica to resume. Anything else must have succeeded.
+        done = [row for row in rows if row["status"] == "success"]
+        released = [row for row in rows if row["status"] == "running" and row["owner"] is None]
+        assert len(done) + len(released) == len(rows), [(row["status"], row["error"]) for row in rows]
+        assert len(released) <= 2  # at most the tick in flight on each replica at the stop
+        assert len(done) <= counter.calls[workflow] <= len(rows)  # the step ran once per tick
         fired = _pg("select count(*) from schedule_ticks where workflow = $1", workflow, schema=schema)
         assert fired[0][0] == len(ticks)
