@@ -22,13 +22,16 @@ import orjson
 import pytest
 
 from tests.e2e.process import EngineProcess, engine_process
-from tests.modules.broker import brokers_nats, brokers_redis
+from tests.modules.broker import brokers_mqtt, brokers_nats, brokers_rabbitmq, brokers_redis
 from tests.modules.broker.conformance import BrokerHarness, Consumer, open_broker, unique
 from workflow_engine.modules.broker.message import ERROR_HEADER, ORIGINAL_ID_HEADER
 
 MESSAGES = int(os.environ.get("BROKER_KILL_MESSAGES", "600"))
 POISON_EVERY = 97
-BROKERS: dict[str, Callable[[], BrokerHarness]] = {"nats": brokers_nats.harness, "redis": brokers_redis.harness}
+BROKERS: dict[str, Callable[[], BrokerHarness]] = {
+    "nats": brokers_nats.harness, "redis": brokers_redis.harness, "rabbitmq": brokers_rabbitmq.harness,
+    "mqtt": brokers_mqtt.harness,
+}
 
 APP = """\
 version: 1
@@ -126,8 +129,13 @@ def test_no_message_lost_or_run_twice_across_two_sigkills(name: str, tmp_path: P
     config = {**harness.config(ns), "health_interval": "500ms", "backlog_interval": "1s"}
     if name == "nats":
         config["ack_wait"] = "3s"
-    else:
+    elif name == "redis":
         config["claim_idle"] = "3s"
+    else:
+        # RabbitMQ and MQTT keep nothing for a group nobody declared yet: the trigger's group and the one that
+        # reads the dead letters exist from the start (docs/BROKERS.md).
+        config["groups"] = [{"topic": f"{ns}.jobs", "group": "consume"}]
+        config["dead_letter_group"] = "inspect"
     app = tmp_path / "app.yaml"
     app.write_text(APP.format(type=harness.type, config=orjson.dumps(config).decode(), topic=f"{ns}.jobs"))
     db = tmp_path / "store.db"
