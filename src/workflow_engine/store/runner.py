@@ -39,7 +39,7 @@ class Outcome:
     rowcount: int
 
 
-def _outcome(result: sa.CursorResult[Any]) -> Outcome:
+def outcome(result: sa.CursorResult[Any]) -> Outcome:
     rows = list(result.all()) if result.returns_rows else []
     return Outcome(rows, result.rowcount)
 
@@ -107,7 +107,7 @@ class SqliteRunner(Runner):
         return await self._on_thread(self._execute, statement, params)
 
     def _execute(self, statement: Executable, params: dict[str, Any]) -> Outcome:
-        return _outcome(self._connection().execute(statement, params))
+        return outcome(self._connection().execute(statement, params))
 
     async def call(self, fn: Callable[[Connection], T]) -> T:
         return await self._on_thread(lambda: fn(self._connection()))
@@ -156,7 +156,7 @@ class PostgresRunner(Runner):
 
     async def execute(self, statement: Executable, params: dict[str, Any]) -> Outcome:
         async with self._pool().connect() as conn:
-            return _outcome(await conn.execute(statement, params))
+            return outcome(await conn.execute(statement, params))
 
     async def call(self, fn: Callable[[Connection], T]) -> T:
         async with self._pool().connect() as conn:

@@ -1,7 +1,8 @@
 """`SqlStore`: the `Store` on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL (many replicas).
 
-Every operation on the hot path (create, update, finish, save_step) is one autocommitted statement: one round
-trip, no BEGIN/COMMIT, a statement object built once (`statements.py`) so SQLAlchemy compiles it once. How a
+Every operation on the hot path (create, update, finish, save_step, park) is one statement, a statement object
+built once (`statements.py`) so SQLAlchemy compiles it once, committed with the concurrent writes of other
+executions in one transaction (group commit, `batch.py`); other operations are single autocommitted statements. How a
 statement reaches each database is `runner.py`; the few statements that differ by dialect are in `statements.py`.
 """
 
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.base import Executable
 
 from workflow_engine.store.base import Store, StoreError
+from workflow_engine.store.batch import GroupCommit
 from workflow_engine.store.connect import StoreUrl
 from workflow_engine.store.migrations import LATEST, apply_migrations, check_version, read_version
 from workflow_engine.store.paging import decode_cursor, encode_cursor, list_statement, page_size
@@ -50,6 +52,7 @@ class SqlStore(Store):
         self._q = statements_for(target.dialect)
         self._clock = clock
         self._runner: Runner | None = None
+        self._group: GroupCommit | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -60,6 +63,9 @@ class SqlStore(Store):
             raise StoreError(f"store '{self.url}' is already open")
         runner = runner_for(self._target)
         self._runner = runner
+        # SQLite has one connection; PostgreSQL commits a few batches at once on pooled connections.
+        flushes = 1 if self._target.dialect == "sqlite" else max(1, min(4, self._target.pool_size))
+        self._group = GroupCommit(runner, flushes, self._error)
         try:
             async with self._errors("open"):
                 await runner.open()
@@ -82,6 +88,9 @@ class SqlStore(Store):
 
     async def close(self) -> None:
         """Release connections (safe to call twice)."""
+        group, self._group = self._group, None
+        if group is not None:
+            await group.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             async with self._errors("close"):
@@ -107,19 +116,33 @@ class SqlStore(Store):
             raise StoreError(f"store {operation}: store '{self.url}' is not open")
         return self._runner
 
+    def _error(self, operation: str, exc: BaseException) -> BaseException:
+        """A driver error as the StoreError naming the operation; other errors as they are."""
+        if not isinstance(exc, sa.exc.SQLAlchemyError | OSError):
+            return exc
+        cause = getattr(exc, "orig", None) or exc
+        error = StoreError(f"store {operation} failed ({self.url}): {type(cause).__name__}: {cause}")
+        error.__cause__ = exc
+        return error
+
     @asynccontextmanager
     async def _errors(self, operation: str) -> AsyncIterator[None]:
         """Driver errors become a StoreError naming the operation (httpx's map_exceptions, for the store)."""
         try:
             yield
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StoreError(f"store {operation} failed ({self.url}): {type(cause).__name__}: {cause}") from exc
+            raise self._error(operation, exc) from exc
 
     async def _execute(self, operation: str, statement: Executable, params: dict[str, Any]) -> Outcome:
         runner = self._open_runner(operation)
         async with self._errors(operation):
             return await runner.execute(statement, params)
+
+    async def _write(self, operation: str, statement: Executable, params: dict[str, Any]) -> Outcome:
+        """A hot-path write: committed in the next group commit (`batch.py`), with other executions' writes."""
+        self._open_runner(operation)
+        assert self._group is not None
+        return await self._group.execute(operation, statement, params)
 
     # -- executions -----------------------------------------------------------------------------------------
 
@@ -131,9 +154,9 @@ class SqlStore(Store):
             record = replace(record, created_at=created, updated_at=record.updated_at or created)
         params = dict(vars(record))
         if record.idempotency_key is None:
-            await self._execute("create_execution", self._q.insert_execution, params)
+            await self._write("create_execution", self._q.insert_execution, params)
             return record, True
-        if (await self._execute("create_execution", self._q.insert_execution_idempotent, params)).rows:
+        if (await self._write("create_execution", self._q.insert_execution_idempotent, params)).rows:
             return record, True
         # The conflicting row is committed (ON CONFLICT waits for a concurrent inserter to finish): read it.
         key = {"workflow": record.workflow, "idempotency_key": record.idempotency_key}
@@ -179,7 +202,7 @@ class SqlStore(Store):
         values = {"updated_at": self._clock(), **fields}
         params = {f"p_{name}": value for name, value in values.items()}
         params["p_id"] = execution_id
-        result = await self._execute("update_execution", update_statement(tuple(sorted(values))), params)
+        result = await self._write("update_execution", update_statement(tuple(sorted(values))), params)
         if result.rowcount == 0:
             raise _not_found("update_execution", execution_id)
 
@@ -194,7 +217,7 @@ class SqlStore(Store):
             "p_error": error,
             "p_finished_at": finished_at,
         }
-        result = await self._execute("finish_execution", self._q.finish_execution, params)
+        result = await self._write("finish_execution", self._q.finish_execution, params)
         if result.rowcount == 0:
             raise _not_found("finish_execution", execution_id)
 
@@ -216,7 +239,7 @@ class SqlStore(Store):
 
     async def save_step(self, step: StepRecord) -> None:
         """Checkpoint a step result (insert, or replace in place by execution and step key)."""
-        await self._execute("save_step", self._q.save_step, dict(vars(step)))
+        await self._write("save_step", self._q.save_step, dict(vars(step)))
 
     async def load_steps(self, execution_id: str) -> list[StepRecord]:
         """Every checkpoint of an execution, in the order they were first saved."""
@@ -280,7 +303,7 @@ class SqlStore(Store):
             "p_wait_state": wait_state,
             "p_updated_at": self._clock(),
         }
-        result = await self._execute("park", self._q.park, params)
+        result = await self._write("park", self._q.park, params)
         if result.rowcount == 0:
             raise _not_found("park", execution_id)
 

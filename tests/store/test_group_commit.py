@@ -1,0 +1,78 @@
+"""Group commit: concurrent hot-path writes share transactions; each caller still sees only its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from workflow_engine.store.base import Store, StoreError
+from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.sql import SqlStore
+
+
+def _record(i: int, key: str | None = None) -> ExecutionRecord:
+    return ExecutionRecord(id=f"e{i:04d}", workflow="w", trigger="message", input={"i": i}, idempotency_key=key)
+
+
+def _batches(store: Store) -> int:
+    assert isinstance(store, SqlStore)
+    assert store._group is not None
+    return store._group.batches
+
+
+async def test_concurrent_writes_share_transactions_and_all_land(store: Store) -> None:
+    before = _batches(store)
+    results = await asyncio.gather(*(store.create_execution(_record(i, key=f"m{i}")) for i in range(200)))
+    assert all(created for _, created in results)
+    assert _batches(store) - before < 100  # committed in shared transactions, not one each
+    await asyncio.gather(*(store.finish_execution(f"e{i:04d}", Status.SUCCESS, i, None, 1.0) for i in range(200)))
+    for i in (0, 99, 199):
+        record = await store.get_execution(f"e{i:04d}")
+        assert record is not None
+        assert record.status is Status.SUCCESS
+        assert record.output == i
+
+
+async def test_duplicate_idempotency_keys_in_one_batch_start_one_execution(store: Store) -> None:
+    results = await asyncio.gather(*(store.create_execution(_record(i, key="same")) for i in range(20)))
+    created = [record.id for record, new in results if new]
+    assert len(created) == 1
+    assert {record.id for record, _ in results} == set(created)  # the others get the first one back
+
+
+async def test_a_failing_write_fails_only_its_caller(store: Store) -> None:
+    await store.create_execution(_record(1))
+    # e0001 again (primary key taken) among good writes: only that caller gets the error.
+    writes = [store.create_execution(_record(i)) for i in (2, 3, 1, 4, 5)]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[2], StoreError)
+    assert "create_execution" in str(results[2])
+    assert [(r[0].id, r[1]) for i, r in enumerate(results) if i != 2 and isinstance(r, tuple)] == [
+        (f"e{i:04d}", True) for i in (2, 3, 4, 5)]
+    for i in (2, 3, 4, 5):
+        assert await store.get_execution(f"e{i:04d}") is not None
+
+
+async def test_unknown_execution_is_reported_inside_a_batch(store: Store) -> None:
+    await store.create_execution(_record(1))
+    results = await asyncio.gather(
+        store.finish_execution("e0001", Status.SUCCESS, None, None, 1.0),
+        store.finish_execution("nope", Status.SUCCESS, None, None, 1.0), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], StoreError)
+    assert results[1].code == "execution_not_found"
+
+
+async def test_a_write_whose_caller_was_cancelled_is_committed(store: Store) -> None:
+    first = asyncio.create_task(store.create_execution(_record(1)))
+    second = asyncio.create_task(store.create_execution(_record(2)))
+    await asyncio.sleep(0)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await first
+    await store.close()  # waits for the writes under way
+    assert isinstance(store, SqlStore)
+    await store.open()
+    assert await store.get_execution("e0002") is not None
