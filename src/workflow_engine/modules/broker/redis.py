@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from pydantic import Field
 
+from workflow_engine.coalesce import Coalescer
 from workflow_engine.durations import Duration
 from workflow_engine.errors import BrokerError, BrokerUnavailableError
 from workflow_engine.ids import uuid7
@@ -46,6 +47,8 @@ class RedisBrokerConfig(BrokerConfig):
                                "(none: never trimmed; trimmed entries are gone even if unacked).")
     consumer: str | None = Field(None, description="Consumer name in the groups (default: host, pid and a "
                                  "random suffix, unique per process).")
+    max_connections: int = Field(32, ge=2, description="Connections to Redis at most; commands beyond wait for "
+                                 "one (acks of many messages share one XACK).")
 
 
 class RedisBroker(Broker):
@@ -69,10 +72,14 @@ class RedisBroker(Broker):
         return self.cfg.prefix + topic
 
     async def _connect(self) -> None:
-        self.client = aioredis.Redis.from_url(
-            self.cfg.url, socket_connect_timeout=self.cfg.operation_timeout,
+        # A blocking pool: a burst of commands waits for a free connection (up to the operation timeout)
+        # instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.cfg.url, max_connections=self.cfg.max_connections, timeout=self.cfg.operation_timeout,
+            socket_connect_timeout=self.cfg.operation_timeout,
             socket_timeout=self.cfg.operation_timeout + self.cfg.fetch_wait, health_check_interval=0,
         )
+        self.client = aioredis.Redis.from_pool(pool)
         await self._ping()
 
     async def _disconnect(self) -> None:
@@ -122,7 +129,7 @@ class RedisBroker(Broker):
 
     async def _ack(self, message: Message) -> None:
         entry_id, sub = message.native
-        await self._call("XACK", self._redis().xack(self.key(sub.topic), sub.group, entry_id))
+        await sub.acks.submit(entry_id)
 
     async def _nack(self, message: Message, delay: float) -> None:
         entry_id, sub = message.native
@@ -155,6 +162,12 @@ class RedisSubscription(Subscription):
         self.stream = broker.key(topic)
         self.due: list[tuple[float, bytes]] = []
         self.next_reclaim = 0.0
+        # Acks that arrive together leave in one XACK (one round trip for many messages).
+        self.acks: Coalescer[bytes, None] = Coalescer(self._xack, name=f"redis-xack:{self.stream}")
+
+    async def _xack(self, entry_ids: list[bytes]) -> list[BaseException | None]:
+        await self.broker._call("XACK", self.broker._redis().xack(self.stream, self.group, *entry_ids))
+        return [None] * len(entry_ids)
 
     def retry_later(self, entry_id: bytes, delay: float) -> None:
         heapq.heappush(self.due, (time.monotonic() + delay, entry_id))
