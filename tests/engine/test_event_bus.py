@@ -5,15 +5,13 @@ and each event starts one execution cluster-wide."""
 from __future__ import annotations
 
 import asyncio
-import json
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.factories import WAIT_LIMIT, running_engine, sample
+from tests.factories import EVENT_WORKFLOWS, WAIT_LIMIT, bus_app_yaml, running_engine, sample
 from tests.modules.broker import brokers_nats, brokers_redis
 from tests.modules.broker.conformance import FAST, BrokerHarness, unique
 from workflow_engine.engine.engine import Engine
@@ -23,21 +21,7 @@ from workflow_engine.store.records import ExecutionRecord, Status
 
 HARNESSES: dict[str, Callable[[], BrokerHarness]] = {"nats": brokers_nats.harness, "redis": brokers_redis.harness}
 
-WORKFLOWS = """\
-emit:
-  steps:
-    - publish: {topic: "orders.created", message: {order: "{{ input.order }}"}, headers: {source: shop}}
-on-order:
-  trigger: {event: {topic: "orders.*"}}
-  steps:
-    - set: {order: "{{ input.data.order }}", source: "{{ input.headers.source }}", topic: "{{ input.topic }}"}
-job:
-  steps:
-    - set: {done: true}
-on-job-done:
-  trigger: {event: {topic: "workflow.completed"}}
-  steps:
-    - set: {workflow: "{{ input.data.workflow }}", execution: "{{ input.data.execution_id }}"}
+WORKFLOWS = EVENT_WORKFLOWS + """\
 waiter:
   steps:
     - id: paid
@@ -50,10 +34,7 @@ pay:
 
 # A replica that runs none of the event-triggered workflows, but whose `wait_for` wants `orders.created`:
 # it publishes that event to the broker, so whoever runs `on-order` can only have got it from there.
-PUBLISHER_ONLY = """\
-emit:
-  steps:
-    - publish: {topic: "orders.created", message: {order: "{{ input.order }}"}, headers: {source: shop}}
+PUBLISHER_ONLY = EVENT_WORKFLOWS.split("on-order:")[0] + """\
 unused:
   steps:
     - wait_for: {topic: "orders.created", timeout: 1s}
@@ -81,12 +62,8 @@ class Cluster:
         self.stack = AsyncExitStack()
 
     def yaml(self, replica: str, workflows: str = WORKFLOWS) -> str:
-        engine = {"shutdown_grace": "2s", "lease": "2s", "poll_interval": "100ms", "replica_id": replica,
-                  "event_bus": {"broker": "bus", "topic": self.topic}}
-        modules = [{"name": "bus", "type": self.module_type, "config": self.module}]
-        body = textwrap.indent(workflows, "  ")
-        return (f"version: 1\nname: app\nengine: {json.dumps(engine)}\nmodules: {json.dumps(modules)}\n"
-                f"workflows:\n{body}")
+        return bus_app_yaml(self.module_type, self.module, workflows, topic=self.topic, shutdown_grace="2s",
+                            lease="2s", poll_interval="100ms", replica_id=replica)
 
     @property
     def module_type(self) -> str:
@@ -145,9 +122,9 @@ async def test_an_event_published_on_one_replica_runs_its_workflow_on_another(cl
         await settle_down()
         (run,) = await records(publisher, "on-order")
         assert [e.id for e in consumer.runtime.recent.values() if e.workflow == "on-order"] == [run.id]
-        assert run.output == {"order": 7, "source": "shop", "topic": "orders.created"}
-        assert run.idempotency_key is not None
-        assert run.idempotency_key.startswith("event:")
+        assert run.output is not None
+        assert run.idempotency_key == f"event:{run.output['id']}"
+        assert run.output == {"order": 7, "source": "shop", "id": run.output["id"]}
         assert sample(publisher.metrics, "broker_messages_total", broker="bus", topic=cluster.topic,
                       direction="out", status="success") == 1
 

@@ -3,40 +3,32 @@ publish does (the replica tests are in tests/engine/test_event_bus.py)."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 
-from tests.factories import executions, finished_runs, running_engine, sample, wait_until
+from tests.factories import (
+    EVENT_WORKFLOWS,
+    bus_app_yaml,
+    executions,
+    finished_runs,
+    running_engine,
+    sample,
+    wait_until,
+)
 from tests.modules.broker import brokers_nats
 from tests.modules.broker.conformance import FAST, free_port, unique
 from workflow_engine.modules.eventbus.broker import BrokerEventBus
 from workflow_engine.modules.eventbus.memory import Event
 
-WORKFLOWS = """\
-emit:
+WORKFLOWS = EVENT_WORKFLOWS + """\
+audit:
   steps:
-    - publish: {topic: "orders.created", message: {order: "{{ input.order }}"}}
     - publish: {topic: "audit.nobody-wants-this", message: 1}
-on-order:
-  trigger: {event: {topic: "orders.*"}}
-  steps:
-    - set: {order: "{{ input.data.order }}", id: "{{ input.id }}"}
-job:
-  steps:
-    - set: {done: true}
-on-job-done:
-  trigger: {event: {topic: "workflow.completed"}}
-  steps:
-    - set: {workflow: "{{ input.data.workflow }}"}
 """
 
 
 def app(module_type: str, module: dict[str, object], topic: str = "workflow-events", workflows: str = WORKFLOWS,
         ) -> str:
-    engine = {"shutdown_grace": "1s", "event_bus": {"broker": "bus", "topic": topic}}
-    modules = [{"name": "bus", "type": module_type, "config": module}]
-    return (f"version: 1\nname: app\nengine: {json.dumps(engine)}\nmodules: {json.dumps(modules)}\n"
-            f"workflows:\n{textwrap.indent(workflows, '  ')}")
+    return bus_app_yaml(module_type, module, workflows, topic=topic)
 
 
 MEMORY = app("broker.memory", {"fetch_wait": "50ms"})
@@ -53,6 +45,7 @@ async def test_wanted_events_go_through_the_broker_and_local_subscribers_still_s
 
         bus.subscribe(">", feed, name="feed")
         emitted = await engine.start_execution("emit", {"order": 3}, wait=True)
+        await engine.start_execution("audit", wait=True)
         await wait_until(lambda: executions(engine.metrics, "on-order", "success") == 1, "on-order ran")
         (run,) = finished_runs(engine, "on-order")
         await wait_until(lambda: any(e.topic == "audit.nobody-wants-this" for e in seen), "the feed got it")
@@ -83,7 +76,7 @@ async def test_a_config_apply_routes_and_consumes_for_new_event_triggers() -> No
         await engine.apply_config(app("broker.memory", {"fetch_wait": "50ms"}, workflows=added))
         assert isinstance(engine.bus, BrokerEventBus)
         assert engine.bus.crosses("audit.nobody-wants-this")
-        await engine.start_execution("emit", {"order": 1}, wait=True)
+        await engine.start_execution("audit", wait=True)
         await wait_until(lambda: executions(engine.metrics, "on-audit", "success") == 1, "on-audit ran")
 
 
