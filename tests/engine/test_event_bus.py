@@ -1,6 +1,6 @@
-"""The event bus backed by a broker module (`engine.event_bus`): two replicas (two engines, distinct replica ids)
-share one SQLite store and one real broker; events, lifecycle events and `wait_for` wake-ups cross between them,
-and each event starts one execution cluster-wide."""
+"""The event bus backed by a broker module (`engine.event_bus`): two replicas (two engines, distinct replica
+ids) share one SQLite store and one real broker (NATS, Redis, RabbitMQ); events, lifecycle events and `wait_for`
+wake-ups cross between them, and each event starts one execution cluster-wide."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ from pathlib import Path
 import pytest
 
 from tests.factories import EVENT_WORKFLOWS, WAIT_LIMIT, bus_app_yaml, running_engine, sample
-from tests.modules.broker import brokers_nats, brokers_redis
+from tests.modules.broker import brokers_nats, brokers_rabbitmq, brokers_redis
 from tests.modules.broker.conformance import FAST, BrokerHarness, unique
 from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.eventbus.broker import ID_HEADER, TOPIC_HEADER
 from workflow_engine.store.records import ExecutionRecord, Status
 
-HARNESSES: dict[str, Callable[[], BrokerHarness]] = {"nats": brokers_nats.harness, "redis": brokers_redis.harness}
+HARNESSES: dict[str, Callable[[], BrokerHarness]] = {
+    "nats": brokers_nats.harness, "redis": brokers_redis.harness, "rabbitmq": brokers_rabbitmq.harness,
+}
+# The consumer groups of the bus (topic after `<ns>.`, group): RabbitMQ stores events only for declared groups.
+BUS_GROUPS = [("events", "on-order"), ("events", "on-job-done"), ("events", "_wait_for")]
 
 WORKFLOWS = EVENT_WORKFLOWS + """\
 waiter:
@@ -46,16 +50,21 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     harness = HARNESSES[request.param]()
     ns = unique("eb")
     module = {**FAST, **harness.config(ns)}
-    yield Cluster(ns, module, f"sqlite:///{tmp_path}/store.db")
-    if harness.cleanup is not None:
+    if request.param == "rabbitmq":
+        module["groups"] = [{"topic": f"{ns}.{topic}", "group": group} for topic, group in BUS_GROUPS]
+    yield Cluster(ns, harness.type, module, f"sqlite:///{tmp_path}/store.db")
+    if request.param == "rabbitmq":
+        await brokers_rabbitmq.cleanup(ns, BUS_GROUPS)
+    elif harness.cleanup is not None:
         await harness.cleanup(ns)
 
 
 class Cluster:
     """Replicas of one app on one store and one broker namespace."""
 
-    def __init__(self, ns: str, module: dict[str, object], store_url: str) -> None:
+    def __init__(self, ns: str, module_type: str, module: dict[str, object], store_url: str) -> None:
         self.ns = ns
+        self.module_type = module_type
         self.topic = f"{ns}.events"
         self.module = module
         self.store_url = store_url
@@ -64,10 +73,6 @@ class Cluster:
     def yaml(self, replica: str, workflows: str = WORKFLOWS) -> str:
         return bus_app_yaml(self.module_type, self.module, workflows, topic=self.topic, shutdown_grace="2s",
                             lease="2s", poll_interval="100ms", replica_id=replica)
-
-    @property
-    def module_type(self) -> str:
-        return "broker.nats" if "stream" in self.module else "broker.redis"
 
     async def replica(self, name: str, workflows: str = WORKFLOWS) -> Engine:
         engine = await self.stack.enter_async_context(
