@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -175,3 +176,32 @@ class TaskOwner:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+# Workflows for event-bus tests: `emit` publishes orders.created, `on-order` is triggered by it, `on-job-done`
+# by the lifecycle event of `job`.
+EVENT_WORKFLOWS = """\
+emit:
+  steps:
+    - publish: {topic: "orders.created", message: {order: "{{ input.order }}"}, headers: {source: shop}}
+on-order:
+  trigger: {event: {topic: "orders.*"}}
+  steps:
+    - set: {order: "{{ input.data.order }}", source: "{{ input.headers.source }}", id: "{{ input.id }}"}
+job:
+  steps:
+    - set: {done: true}
+on-job-done:
+  trigger: {event: {topic: "workflow.completed"}}
+  steps:
+    - set: {workflow: "{{ input.data.workflow }}", execution: "{{ input.data.execution_id }}"}
+"""
+
+
+def bus_app_yaml(module_type: str, module: Mapping[str, Any], workflows: str, *, topic: str = "workflow-events",
+                 **engine: Any) -> str:
+    """A whole config whose event bus is backed by the broker module `bus` (`engine` adds engine settings)."""
+    settings = {"shutdown_grace": "1s", **engine, "event_bus": {"broker": "bus", "topic": topic}}
+    modules = [{"name": "bus", "type": module_type, "config": dict(module)}]
+    return (f"version: 1\nname: app\nengine: {json.dumps(settings)}\nmodules: {json.dumps(modules)}\n"
+            f"workflows:\n{textwrap.indent(workflows, '  ')}")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from workflow_engine.api.config import ApiConfig
 from workflow_engine.config.issues import Location
 from workflow_engine.durations import ByteSize, Duration
+from workflow_engine.registry.specs import ModuleRef
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -30,6 +31,18 @@ class RetentionConfig(Strict):
     max_age: Duration = Field(7 * 86400.0, gt=0, description="Finished executions older than this are deleted.")
     interval: Duration = Field(60.0, gt=0, description="How often pruning runs.")
     batch: int = Field(500, ge=1, le=100_000, description="Executions deleted per statement (small batches).")
+
+
+class EventBusConfig(Strict):
+    """The event bus backed by a broker module, so events and `event` triggers cross replicas."""
+
+    broker: Annotated[str, ModuleRef(("broker",))] = Field(
+        description="The broker module (a `broker.*` module of this file) that carries the events between replicas."
+    )
+    topic: str = Field("workflow-events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+                       description="Broker topic that holds every event crossing replicas (no wildcards).")
+    max_in_flight: int = Field(64, ge=1, le=100_000, description="Events each consumer (an `event`-triggered "
+                               "workflow, the `wait_for` waiters) takes from the broker and has not settled yet.")
 
 
 class EngineConfig(Strict):
@@ -68,6 +81,10 @@ class EngineConfig(Strict):
     )
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Pruning of finished executions.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Management API access (bearer tokens).")
+    event_bus: EventBusConfig | None = Field(
+        None, description="Back the event bus with a broker module: events some `event` trigger or `wait_for` "
+        "wants cross replicas (none: in-process only).",
+    )
 
 
 class ModuleDecl(Strict):

@@ -96,6 +96,8 @@ class _Checker:
         modules, edges = self._modules()
         ordered = self._order(modules, edges)
         workflows = {name: self._workflow(name, raw) for name, raw in self.raw_workflows.items()}
+        if decl is not None:  # module references in engine settings (`event_bus.broker`)
+            self.issues += self.refs.check(decl.engine, lambda rel: ("engine", *rel)).issues
         if self.issues or decl is None:
             return None
         return AppConfig(

@@ -23,6 +23,7 @@ from workflow_engine.engine.supervisor import ModuleSupervisor
 from workflow_engine.errors import ConfigError
 from workflow_engine.ids import uuid7
 from workflow_engine.modules.base import Module, ModuleContext, ModuleState
+from workflow_engine.modules.eventbus.broker import BrokerEventBus
 from workflow_engine.modules.eventbus.memory import EventBus
 from workflow_engine.modules.http.client import HttpClient, HttpClientConfig
 from workflow_engine.observability.health import Health
@@ -41,6 +42,7 @@ from workflow_engine.runtime.waiters import Waiters
 from workflow_engine.store.base import SchemaTooNewError, Store
 from workflow_engine.store.factory import open_store_from_url
 from workflow_engine.triggers.base import Wiring
+from workflow_engine.triggers.event import event_patterns
 
 log = structlog.get_logger("workflow_engine.engine")
 
@@ -68,7 +70,6 @@ class Engine:
         self.loop_monitor = LoopMonitor(self.metrics, app.engine.loop_lag_interval)
         self.health = Health(self.loop_monitor)
         self.metrics.engine_ready.set_function(lambda: 1.0 if self.health.readiness()[0] else 0.0)
-        self.bus = EventBus()
         self.store: Store = open_store_from_url(store_url or app.engine.store)
         self.replica = app.engine.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"
         self.recorder = Recorder(self.store, self.replica, app.engine.lease)
@@ -89,9 +90,11 @@ class Engine:
             ctx = ModuleContext(mdef.name, self.metrics, self.modules, self._spawn, config_dir, self.store)
             self.modules[mdef.name] = module = spec.factory(mdef.name, mdef.config, ctx)
             self.supervisors[mdef.name] = ModuleSupervisor(module, spec.kind, mdef.depends_on, self.health)
+        self.bus = self._event_bus()
         self.wiring = Wiring(self.runtime, self.modules, self.bus, self.metrics)
         self.waiters = Waiters(self.runtime, self.program)
         self.waiters.attach(self.bus)
+        self.route_events()
         self._reload_lock = asyncio.Lock()
         self.watch = watch
         for workflow in self.program.values():
@@ -99,6 +102,18 @@ class Engine:
                 workflow.trigger.attach(self.wiring)
         env = os.environ if environ is None else environ
         self.template_env = {name: env[name] for name in app.engine.template_env if name in env}
+
+    def _event_bus(self) -> EventBus:
+        """In-process, or backed by the broker module `engine.event_bus.broker` (used once it is ready)."""
+        config = self.app.engine.event_bus
+        if config is None:
+            return EventBus()
+        return BrokerEventBus(config, self.modules, self.supervisors[config.broker].ready)
+
+    def route_events(self) -> None:
+        """Tell a broker-backed bus which topics the running program's triggers and waits want."""
+        if isinstance(self.bus, BrokerEventBus):
+            self.bus.route([*event_patterns(self.program.values()), *self.waiters.topics])
 
     # -- running ---------------------------------------------------------------------------------------------
 
@@ -174,7 +189,8 @@ class Engine:
         log.info("engine started", app=self.app.name, modules=len(self.modules), workflows=len(self.program))
 
     def restart_trigger_loops(self) -> None:
-        """(Re)start the loops of the current program's triggers (schedules), stopping the previous ones."""
+        """(Re)start the loops of the current program's triggers (schedules, consumers of a broker-backed event
+        bus), stopping the previous ones."""
         for task in list(self._tasks):
             if task.get_name().startswith("trigger:"):
                 task.cancel()
@@ -182,6 +198,8 @@ class Engine:
             trigger = workflow.trigger
             if trigger is not None and trigger.has_loop:
                 self._spawn(trigger.run(self.wiring), f"trigger:{trigger.kind}:{workflow.name}")
+        if isinstance(self.bus, BrokerEventBus) and self.waiters.topics:
+            self._spawn(self.waiters.run(self.bus), "trigger:wait_for")
 
     async def _watch_config(self) -> None:
         """`workflow run --watch`: apply the config file each time it is saved; a bad save changes nothing."""

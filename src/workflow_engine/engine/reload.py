@@ -71,4 +71,5 @@ def swap_generation(engine: Engine, app: AppConfig, program: dict[str, CompiledW
     engine.waiters = Waiters(engine.runtime, program)
     engine.waiters.attach(engine.bus)
     engine.app, engine.program = app, program
+    engine.route_events()
     engine.restart_trigger_loops()

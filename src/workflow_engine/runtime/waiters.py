@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from workflow_engine.modules.eventbus.broker import BrokerEventBus
 from workflow_engine.modules.eventbus.memory import Event, EventBus, Subscription
 from workflow_engine.runtime.program import CompiledWorkflow
 from workflow_engine.runtime.runtime import Runtime
@@ -15,6 +16,9 @@ from workflow_engine.runtime.steps.wait import WaitForStep, event_dict
 from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
 log = structlog.get_logger("workflow_engine.waiters")
+
+# The consumer group of the waiters on a broker-backed bus (not a valid workflow name: no clash with those).
+GROUP = "_wait_for"
 
 
 def wait_steps(nodes: tuple[StepNode, ...] | list[StepNode]) -> dict[str, WaitForStep]:
@@ -38,8 +42,16 @@ class Waiters:
         self.subscriptions: list[Subscription] = []
 
     def attach(self, bus: EventBus) -> None:
+        """Subscribe on the local bus (a broker-backed bus is consumed by `run` instead)."""
+        if bus.backed:
+            return
         self.subscriptions = [bus.subscribe(topic, self.deliver, name=f"waiters:{topic}")
                               for topic in sorted(self.topics)]
+
+    async def run(self, bus: BrokerEventBus) -> None:
+        """Broker-backed bus: consume the events `wait_for` steps wait on, with one group shared by every
+        replica (the store is shared: any replica can wake a parked execution)."""
+        await bus.consume(GROUP, self.topics.__contains__, self.deliver)
 
     def detach(self, bus: EventBus) -> None:
         for subscription in self.subscriptions:

@@ -132,12 +132,23 @@ class EventBus:
         """True when some subscriber would receive `topic` (lets publishers skip building events)."""
         return bool(self._matching(topic))
 
-    async def publish(self, topic: str, data: Any, headers: dict[str, str] | None = None) -> int:
-        """Buffer the event for every matching subscriber, waiting while a buffer is full; returns the count."""
+    @property
+    def backed(self) -> bool:
+        """Whether a broker carries events between replicas (see `modules/eventbus/broker.py`)."""
+        return False
+
+    async def publish(self, topic: str, data: Any, headers: dict[str, str] | None = None, *,
+                      strict: bool = False) -> int:
+        """Buffer the event for every matching subscriber, waiting while a buffer is full; returns the count.
+        (`strict`: a broker-backed bus raises instead of logging when the broker refuses the event.)"""
         subs = self._matching(topic)
         if not subs:
             return 0
-        event = Event(topic, data, headers or {})
+        return await self.deliver(Event(topic, data, headers or {}), subs)
+
+    async def deliver(self, event: Event, subs: tuple[Subscription, ...] | None = None) -> int:
+        """Buffer `event` for the local subscribers matching its topic; returns the count."""
+        subs = self._matching(event.topic) if subs is None else subs
         for sub in subs:
             await sub.queue.put(event)
         return len(subs)

@@ -173,7 +173,10 @@ class PublishStep(Step):
         headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
         headers.setdefault("execution_id", ctx.execution.id)
         if self.broker is None:
-            delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers)
+            try:
+                delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers, strict=True)
+            except BrokerError as exc:  # a broker-backed bus (engine.event_bus) refused the event
+                raise StepError(f"event bus: {exc}", code=exc.code) from exc
             return {"topic": topic, "delivered": delivered}
         broker = ctx.services.modules.get(self.broker)
         if not isinstance(broker, Broker):
