@@ -61,15 +61,19 @@ async def _end(session: str, port: int) -> None:
         pass
 
 
+def mosquitto_args(tmp: Path, port: int, extra: str = "") -> list[str]:
+    """The command line of a private mosquitto on `port`, its config file written to `tmp`."""
+    conf = tmp / "mosquitto.conf"
+    # `user`: started as root, mosquitto would switch to user mosquitto, which cannot write to the temp dir.
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n{extra}")
+    return ["mosquitto", "-c", str(conf)]
+
+
 @asynccontextmanager
 async def private_server(tmp: Path, ns: str, extra: str = "") -> AsyncIterator[PrivateServer]:
     """mosquitto on a free port, persistence in `tmp` (written when it stops); `extra`: more config lines."""
     port = free_port()
-    conf = tmp / "mosquitto.conf"
-    # `user`: started as root, mosquitto would switch to user mosquitto, which cannot write to the temp dir.
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                    f"persistence true\npersistence_location {tmp}/\n{extra}")
-    args = ["mosquitto", "-c", str(conf)]
+    args = mosquitto_args(tmp, port, f"persistence true\npersistence_location {tmp}/\n{extra}")
     with ExitStack() as stack:
         current = stack.enter_context(process(args, tmp / "mosquitto.log"))
 
