@@ -116,3 +116,25 @@ async def test_back_pressure_stops_pulling() -> None:
                       status="received") == 2
         assert await bus.backlog("orders.created", "consume") == 6
         await wait_until(lambda: executions(metrics, "consume", "success") == 6, "all six ran, one at a time")
+
+
+async def test_shutdown_acks_the_messages_whose_executions_finish_while_draining() -> None:
+    """SIGTERM with executions running: the consumer takes nothing more, the executions finish within the
+    grace period and their messages are acked before the broker closes (not left to be delivered again after
+    the broker's redelivery wait, on every deploy). Messages never taken stay in the broker."""
+    steps = "- sleep: 300ms"
+    trigger = "{broker: bus, topic: orders.created, max_in_flight: 4}"
+    async with running_engine(_yaml(steps, trigger=trigger, workflow="concurrency: 4")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        for i in range(10):
+            await bus.publish("orders.created", i)
+        await wait_until(lambda: len(engine.runtime.live) == 4, "four executions running")
+    # The context exit stopped the engine: SIGTERM's path (drain within shutdown_grace, then modules stop).
+    succeeded = executions(metrics, "consume", "success")
+    assert succeeded == 4
+    assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                  status="acked") == succeeded
+    assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                  status="received") == 4, "nothing taken after the stop"
+    assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                  status="error") == 0

@@ -41,12 +41,13 @@ from workflow_engine.runtime.step import Services
 from workflow_engine.runtime.waiters import Waiters
 from workflow_engine.store.base import SchemaTooNewError, Store
 from workflow_engine.store.factory import open_store_from_url
-from workflow_engine.triggers.base import Wiring
+from workflow_engine.triggers.base import Trigger, Wiring
 from workflow_engine.triggers.event import event_patterns
 
 log = structlog.get_logger("workflow_engine.engine")
 
 MODULE_STOP_TIMEOUT = 15.0
+CONSUMER_SETTLE_TIMEOUT = 5.0
 
 
 class Engine:
@@ -96,6 +97,7 @@ class Engine:
         self.waiters.attach(self.bus)
         self.route_events()
         self._reload_lock = asyncio.Lock()
+        self._trigger_tasks: dict[asyncio.Task[Any], Trigger] = {}
         self.watch = watch
         for workflow in self.program.values():
             if workflow.trigger is not None:
@@ -191,15 +193,30 @@ class Engine:
     def restart_trigger_loops(self) -> None:
         """(Re)start the loops of the current program's triggers (schedules, consumers of a broker-backed event
         bus), stopping the previous ones."""
-        for task in list(self._tasks):
-            if task.get_name().startswith("trigger:"):
-                task.cancel()
+        self._stop_trigger_loops()
         for workflow in self.program.values():
             trigger = workflow.trigger
             if trigger is not None and trigger.has_loop:
-                self._spawn(trigger.run(self.wiring), f"trigger:{trigger.kind}:{workflow.name}")
+                task = self._spawn(trigger.run(self.wiring), f"trigger:{trigger.kind}:{workflow.name}")
+                self._trigger_tasks[task] = trigger
+                task.add_done_callback(self._trigger_tasks.pop)
         if isinstance(self.bus, BrokerEventBus) and self.waiters.topics:
             self._spawn(self.waiters.run(self.bus), "trigger:wait_for")
+
+    def _stop_trigger_loops(self) -> list[asyncio.Task[Any]]:
+        """Stop the running trigger loops: graceful ones (message consumers) take nothing new and end once what
+        they hold is settled (returned, to wait for); the others are cancelled."""
+        graceful = []
+        for task in list(self._tasks):
+            if not task.get_name().startswith("trigger:"):
+                continue
+            trigger = self._trigger_tasks.get(task)
+            if trigger is not None and trigger.graceful:
+                trigger.stop()
+                graceful.append(task)
+            else:
+                task.cancel()
+        return graceful
 
     async def _watch_config(self) -> None:
         """`workflow run --watch`: apply the config file each time it is saved; a bad save changes nothing."""
@@ -241,11 +258,18 @@ class Engine:
                  running=len(self.runtime.live))
         self.health.set_draining(True)
         self.runtime.accepting = False
+        # Schedules stop firing; consumers take no more messages; modules still retrying their start give up.
+        consumers = self._stop_trigger_loops()
         for task in list(self._tasks):
-            # Schedules stop firing; modules still retrying their start give up (nothing will stop them later).
-            if task.get_name().startswith(("trigger:", "start:")):
+            if task.get_name().startswith("start:"):
                 task.cancel()
         await self.runtime.drain(grace)
+        if consumers:
+            # The executions above have ended: their messages are acked now instead of being delivered again
+            # after the broker's redelivery wait. A message whose execution was interrupted stays unsettled.
+            _, stuck = await asyncio.wait(consumers, timeout=CONSUMER_SETTLE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
         for name in reversed(list(self.supervisors)):
             await self.supervisors[name].stop(MODULE_STOP_TIMEOUT)
         for task in list(self._tasks):

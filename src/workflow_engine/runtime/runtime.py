@@ -104,6 +104,8 @@ class Runtime:
             raise DrainingError("engine is shutting down; no new executions are accepted")
         if wait:
             await gate.wait_for_room()
+            if not self.accepting:  # the engine began to shut down while this waited
+                raise DrainingError("engine is shutting down; no new executions are accepted")
         gate.reserve()
         execution = Execution(uuid7(), workflow, input, trigger, parent_id)
         execution.lifecycle_events = lifecycle_events

@@ -52,6 +52,7 @@ class Trigger:
 
     kind = "trigger"
     has_loop = False
+    graceful = False  # `run` ends by itself once `stop()` is called (finishing what it holds); others are cancelled
 
     def __init__(self, workflow: str) -> None:
         self.workflow = workflow
@@ -64,3 +65,6 @@ class Trigger:
 
     async def run(self, wiring: Wiring) -> None:
         """The trigger's loop (schedules); runs until cancelled. Only called when `has_loop`."""
+
+    def stop(self) -> None:
+        """Ask `run` to take nothing new and end once what it holds is done (only called when `graceful`)."""

@@ -46,11 +46,18 @@ class MessageTriggerConfig(Strict):
 class MessageTrigger(Trigger):
     kind = "message"
     has_loop = True
+    graceful = True
 
     def __init__(self, workflow: str, config: MessageTriggerConfig) -> None:
         super().__init__(workflow)
         self.config = config
         self.group = config.group or workflow
+        self._stop: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Fetch no more messages; `run` ends once the ones taken are settled (shutdown, config apply)."""
+        if self._stop is not None:
+            self._stop.set()
 
     def attach(self, wiring: Wiring) -> None:
         """Check the topic against the broker module (its wildcard syntax) before anything starts."""
@@ -67,8 +74,10 @@ class MessageTrigger(Trigger):
         handler = _Handler(self.workflow, broker, wiring)
         log.info("consuming", workflow_type=self.workflow, broker=broker.name, topic=self.config.topic,
                  group=self.group)
+        self._stop = asyncio.Event()
         async with asyncio.TaskGroup() as handlers:
-            async for message in broker.consume(self.config.topic, self.group, self.config.max_in_flight):
+            async for message in broker.consume(self.config.topic, self.group, self.config.max_in_flight,
+                                                stop=self._stop):
                 handlers.create_task(handler.handle(message), name=f"message:{self.workflow}:{message.id}")
 
 

@@ -26,7 +26,8 @@ MQTT_HOST = os.environ.get("MQTT_HOST", "127.0.0.1")
 MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
 # (topic, group) the suite consumes after publishing, plus the topic published to without a consumer.
 GROUPS = [("orders", "g1"), ("once", "g"), ("acked", "g"), ("retry", "g"), ("killed", "g"), ("poison", "g"),
-          ("ordered", "g"), ("pressure", "g"), ("restart", "g"), ("open", "g"), ("burst", "g")]
+          ("ordered", "g"), ("pressure", "g"), ("restart", "g"), ("open", "g"), ("burst", "g"),
+          ("graceful", "g")]
 
 
 def mqtt_config(ns: str, port: int = MQTT_PORT) -> dict[str, Any]:

@@ -29,7 +29,8 @@ SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the Debian wrapper in /usr/s
 # (topic, group) the suite consumes after publishing, plus the topic it publishes to without a consumer. No
 # catch-all group: it would make every publish routable and hide an undeclared group (`unroutable`).
 GROUPS = [("orders", "g1"), ("once", "g"), ("acked", "g"), ("retry", "g"), ("killed", "g"), ("poison", "g"),
-          ("ordered", "g"), ("pressure", "g"), ("restart", "g"), ("open", "g"), ("burst", "g")]
+          ("ordered", "g"), ("pressure", "g"), ("restart", "g"), ("open", "g"), ("burst", "g"),
+          ("graceful", "g")]
 
 
 def rabbitmq_config(ns: str, url: str = RABBITMQ_URL) -> dict[str, Any]:

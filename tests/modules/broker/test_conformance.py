@@ -237,6 +237,40 @@ async def test_ack_burst(harness: BrokerHarness, ns: str) -> None:
     assert _sample(metrics, "broker_messages_total", broker=name, topic=topic, direction="in", status="error") == 0
 
 
+async def test_graceful_stop(harness: BrokerHarness, ns: str) -> None:
+    """With `stop` set the consumer takes nothing more, stays open until the messages it gave out are settled
+    (they can still be acked), then ends; what it never took stays for the group, what was acked is gone."""
+    topic = f"{ns}.graceful"
+    async with open_broker(harness, ns) as broker:
+        for i in range(6):
+            await broker.publish(topic, i, key="k")
+        stop, three, got = asyncio.Event(), asyncio.Event(), []
+
+        async def consume() -> None:
+            async for message in broker.consume(topic, "g", 3, stop=stop):
+                got.append(message)
+                if len(got) == 3:
+                    three.set()
+
+        task = asyncio.create_task(consume())
+        async with asyncio.timeout(20):
+            await three.wait()
+        stop.set()
+        await asyncio.sleep(0.3)
+        assert not task.done(), "the consumer ended with messages it gave out still unsettled"
+        for message in got:
+            await message.ack()
+        async with asyncio.timeout(10):
+            await task  # ends by itself once they are settled
+        assert len(got) == 3
+        async with Consumer(broker, topic, "g") as again:
+            rest = await again.wait_count(3)
+            for message in rest:
+                await message.ack()
+            assert await again.quiet_for(harness.redelivery_wait + 0.5) == 0
+        assert sorted(m.body for m in got + rest) == list(range(6))
+
+
 def _restartable() -> list[str]:
     return [name for name, make in HARNESSES.items() if make().private_server is not None]
 

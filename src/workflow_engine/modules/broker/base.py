@@ -12,7 +12,9 @@ What callers get (the `message` trigger, the `publish` step, the broker-backed e
   stops fetching until one is settled, which is how back-pressure reaches the broker (nothing is buffered
   without bound). Connection loss inside the loop is handled here: state `retrying`, capped backoff, resubscribe;
   the iterator does not end until the caller stops it. Leaving the loop (break, cancel) closes the consumer;
-  messages it had not settled are delivered again (see "redelivery" below).
+  messages it had not settled are delivered again (see "redelivery" below). A graceful end: pass `stop` (an
+  asyncio.Event) and set it: the loop fetches no more, waits until every message it delivered is settled, then
+  closes the consumer and ends (a deploy does not leave finished work to be redelivered).
 - Each `Message` has `id` (stable across redeliveries), `topic` (the concrete topic), `body` (JSON, else
   text), `headers`, `key`, `delivery_count` (1 on the first delivery; also `attempt`) and is settled exactly
   once: `ack()`; `nack(delay)` (deliver again after `delay` seconds where the broker can wait);
@@ -302,8 +304,10 @@ class Broker(Module, abc.ABC):
 
     # -- consuming -------------------------------------------------------------------------------------------
 
-    async def consume(self, topic: str, group: str, max_in_flight: int = 64) -> AsyncIterator[Message]:
-        """Messages of `topic` for `group`, at most `max_in_flight` unsettled; runs until the caller stops."""
+    async def consume(self, topic: str, group: str, max_in_flight: int = 64,
+                      stop: asyncio.Event | None = None) -> AsyncIterator[Message]:
+        """Messages of `topic` for `group`, at most `max_in_flight` unsettled; runs until the caller stops, or
+        until `stop` is set and every delivered message is settled."""
         problem = self.check_topic(topic, pattern=True)
         if problem:
             raise BrokerError(f"{self.label}: {problem}", code="invalid_topic")
@@ -314,8 +318,10 @@ class Broker(Module, abc.ABC):
         settle = self._settler(topic, flow)
         self._consumers[(topic, group)] = self._consumers.get((topic, group), 0) + 1
         try:
-            while True:
-                await flow.room.wait()
+            while not (stop is not None and stop.is_set()):
+                await _first(flow.room, stop)
+                if stop is not None and stop.is_set():
+                    break
                 try:
                     if sub is None:
                         sub = await self._open(topic, group, max_in_flight)
@@ -338,6 +344,9 @@ class Broker(Module, abc.ABC):
                         await self._settle_quietly(message)
                         continue
                     yield message
+            # Stopping: the messages given out are still being worked on; they can only be settled on an open
+            # consumer (RabbitMQ acks on its channel), so it closes once they are.
+            await flow.empty.wait()
         finally:
             self._release_consumer(topic, group)
             if sub is not None:
@@ -457,6 +466,21 @@ class Broker(Module, abc.ABC):
 
     def _operation(self, operation: str, status: str, started: float) -> None:
         self.metrics.module_operation(KIND, self.name, operation, status, time.perf_counter() - started)
+
+
+async def _first(event: asyncio.Event, other: asyncio.Event | None) -> None:
+    """Wait until `event` or `other` is set."""
+    if event.is_set() or other is None:
+        await event.wait()
+        return
+    if other.is_set():
+        return
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def reraise_if_cancelled(exc: BaseException | None = None) -> None:

@@ -34,9 +34,12 @@ class InFlight:
         self.refill = max(1, min(limit // 4, 64))
         self.room = asyncio.Event()
         self.room.set()
+        self.empty = asyncio.Event()  # nothing delivered is unsettled
+        self.empty.set()
 
     def take(self) -> None:
         self.count += 1
+        self.empty.clear()
         if self.count >= self.limit:
             self.room.clear()
 
@@ -44,3 +47,5 @@ class InFlight:
         self.count -= 1
         if self.limit - self.count >= self.refill:
             self.room.set()
+        if self.count == 0:
+            self.empty.set()
