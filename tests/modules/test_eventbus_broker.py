@@ -10,14 +10,19 @@ from tests.factories import (
     bus_app_yaml,
     executions,
     finished_runs,
+    load_app,
     running_engine,
     sample,
     wait_until,
 )
 from tests.modules.broker import brokers_nats
 from tests.modules.broker.conformance import FAST, free_port, unique
+from workflow_engine.engine.engine import Engine
+from workflow_engine.modules.broker.rabbitmq import RabbitMqBroker
 from workflow_engine.modules.eventbus.broker import BrokerEventBus
 from workflow_engine.modules.eventbus.memory import Event
+from workflow_engine.observability.metrics import Metrics
+from workflow_engine.registry.builtins import default_registry
 
 WORKFLOWS = EVENT_WORKFLOWS + """\
 audit:
@@ -117,3 +122,20 @@ async def test_while_the_broker_is_down_a_publish_step_fails_after_the_publish_t
     assert "not started within 0.3s" in emitted.error["message"]
     assert job.status == "success", "a lifecycle event that cannot be published is logged, not a failure"
     assert not ready
+
+
+def test_the_engine_declares_the_bus_groups_on_brokers_that_keep_nothing_by_themselves() -> None:
+    """RabbitMQ and MQTT keep a topic's messages only for groups that exist: the engine asks the broker to keep
+    the bus topic for every event-triggered workflow and for the `wait_for` waiters from the start."""
+    workflows = WORKFLOWS + """\
+waiter:
+  steps:
+    - wait_for: {topic: "payments.settled", timeout: 1s}
+"""
+    for module_type, module in (("broker.rabbitmq", {"exchange": "x"}), ("broker.mqtt", {"client_id": "c"})):
+        engine = Engine(load_app(app(module_type, module, topic="bus-events", workflows=workflows)),
+                        default_registry(), metrics=Metrics(process=False), store_url="sqlite:///:memory:")
+        broker = engine.modules["bus"]
+        kept = broker._kept if isinstance(broker, RabbitMqBroker) else list(broker._groups.values())  # type: ignore[attr-defined]
+        assert sorted(kept) == [("bus-events", "_wait_for"), ("bus-events", "on-job-done"),
+                                ("bus-events", "on-order")], module_type

@@ -23,6 +23,7 @@ from workflow_engine.engine.supervisor import ModuleSupervisor
 from workflow_engine.errors import ConfigError
 from workflow_engine.ids import uuid7
 from workflow_engine.modules.base import Module, ModuleContext, ModuleState
+from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.eventbus.broker import BrokerEventBus
 from workflow_engine.modules.eventbus.memory import EventBus
 from workflow_engine.modules.http.client import HttpClient, HttpClientConfig
@@ -38,11 +39,12 @@ from workflow_engine.runtime.program import compile_program
 from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.step import Services
+from workflow_engine.runtime.waiters import GROUP as WAITERS_GROUP
 from workflow_engine.runtime.waiters import Waiters
 from workflow_engine.store.base import SchemaTooNewError, Store
 from workflow_engine.store.factory import open_store_from_url
 from workflow_engine.triggers.base import Trigger, Wiring
-from workflow_engine.triggers.event import event_patterns
+from workflow_engine.triggers.event import EventTrigger, event_patterns
 
 log = structlog.get_logger("workflow_engine.engine")
 
@@ -113,9 +115,16 @@ class Engine:
         return BrokerEventBus(config, self.modules, self.supervisors[config.broker].ready)
 
     def route_events(self) -> None:
-        """Tell a broker-backed bus which topics the running program's triggers and waits want."""
-        if isinstance(self.bus, BrokerEventBus):
-            self.bus.route([*event_patterns(self.program.values()), *self.waiters.topics])
+        """Tell a broker-backed bus which topics the running program's triggers and waits want, and its broker
+        which consumer groups to keep the bus's messages for from the start (RabbitMQ, MQTT)."""
+        if not isinstance(self.bus, BrokerEventBus):
+            return
+        self.bus.route([*event_patterns(self.program.values()), *self.waiters.topics])
+        broker = self.modules.get(self.bus.config.broker)
+        if isinstance(broker, Broker):
+            groups = [wf.name for wf in self.program.values() if isinstance(wf.trigger, EventTrigger)]
+            for group in [*groups, *([WAITERS_GROUP] if self.waiters.topics else [])]:
+                broker.keep_for(self.bus.config.topic, group)
 
     # -- running ---------------------------------------------------------------------------------------------
 

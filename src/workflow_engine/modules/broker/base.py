@@ -190,6 +190,12 @@ class Broker(Module, abc.ABC):
             problem = f"cannot publish to a wildcard topic {topic!r}"
         return problem
 
+    def keep_for(self, topic: str, group: str) -> None:
+        """Keep the messages of `topic` for consumer group `group` from the start, before its first consumer
+        subscribes (the engine's own consumers: the broker-backed event bus). Brokers whose topics keep
+        messages by themselves (NATS streams, Redis streams, memory) have nothing to do; RabbitMQ and MQTT
+        declare the group at connect, like the groups of their `groups` setting."""
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:

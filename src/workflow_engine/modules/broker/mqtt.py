@@ -228,6 +228,9 @@ class MqttBroker(Broker):
             if value >= 0x80:
                 raise BrokerError(f"{self.label}: subscribe to '{pattern}' refused: {code}")
 
+    def keep_for(self, topic: str, group: str) -> None:
+        self._groups.setdefault(self.session_id(topic, group), (topic, group))
+
     def check_topic(self, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic) or topic.startswith("$"):
             return (f"invalid topic {topic!r}: use '/'-separated levels of letters, digits, '_', '-' and '.', "

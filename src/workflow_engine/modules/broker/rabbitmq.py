@@ -111,6 +111,7 @@ class RabbitMqBroker(Broker):
         self.exchange: aio_pika.abc.AbstractExchange | None = None
         self._declared: set[str] = set()
         self._subscriptions: set[RabbitMqSubscription] = set()
+        self._kept: list[tuple[str, str]] = [(g.topic, g.group) for g in config.groups]  # declared at connect
 
     # -- connection ------------------------------------------------------------------------------------------
 
@@ -125,8 +126,8 @@ class RabbitMqBroker(Broker):
             self.exchange = await self.channel.declare_exchange(
                 self.cfg.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             self._declared.clear()
-            for declared in self.cfg.groups:
-                await self._declare_group(declared.topic, declared.group)
+            for topic, group in self._kept:
+                await self._declare_group(topic, group)
         except _REFUSED as exc:
             raise BrokerError(f"{self.label}: declaring exchange and queues refused: {_describe(exc)}") from exc
         except _CONNECTION_ERRORS as exc:
@@ -187,6 +188,10 @@ class RabbitMqBroker(Broker):
                 "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue})
             self._declared.add(name)
         return name
+
+    def keep_for(self, topic: str, group: str) -> None:
+        if (topic, group) not in self._kept:
+            self._kept.append((topic, group))
 
     def check_topic(self, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic):

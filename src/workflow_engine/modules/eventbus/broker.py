@@ -26,7 +26,7 @@ from workflow_engine.errors import BrokerError, BrokerUnavailableError, Workflow
 from workflow_engine.modules.base import Module
 from workflow_engine.modules.broker.base import Broker, reraise_if_cancelled
 from workflow_engine.modules.broker.message import Message
-from workflow_engine.modules.eventbus.memory import Event, EventBus, compile_pattern
+from workflow_engine.modules.eventbus.memory import Event, EventBus, compile_pattern, new_event
 
 log = structlog.get_logger("workflow_engine.eventbus")
 
@@ -75,11 +75,11 @@ class BrokerEventBus(EventBus):
         return self.crosses(topic) or super().wants(topic)
 
     async def publish(self, topic: str, data: Any, headers: dict[str, str] | None = None, *,
-                      strict: bool = False) -> int:
+                      strict: bool = False, event_id: str | None = None) -> int:
         """Deliver locally, then publish to the broker when the cluster wants `topic`; returns the deliveries
         (the broker counts as one). A refused publish raises with `strict` (the `publish` step), else it is
         logged as an error (lifecycle events; `broker_messages_total{status="error"}` counts it too)."""
-        event = Event(topic, data, headers or {})
+        event = new_event(topic, data, headers, event_id)
         delivered = await self.deliver(event)
         if not self.crosses(topic):
             return delivered

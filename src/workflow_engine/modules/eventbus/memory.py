@@ -35,6 +35,13 @@ class Event:
 Handler = Callable[[Event], Awaitable[None]]
 
 
+def new_event(topic: str, data: Any, headers: dict[str, str] | None, event_id: str | None) -> Event:
+    """An event with `event_id`, or a fresh time-ordered id."""
+    if event_id is None:
+        return Event(topic, data, headers or {})
+    return Event(topic, data, headers or {}, event_id)
+
+
 def validate_pattern(pattern: str) -> str | None:
     """An error message when `pattern` is not a valid topic pattern, else None."""
     if not _PATTERN.match(pattern):
@@ -138,13 +145,14 @@ class EventBus:
         return False
 
     async def publish(self, topic: str, data: Any, headers: dict[str, str] | None = None, *,
-                      strict: bool = False) -> int:
+                      strict: bool = False, event_id: str | None = None) -> int:
         """Buffer the event for every matching subscriber, waiting while a buffer is full; returns the count.
-        (`strict`: a broker-backed bus raises instead of logging when the broker refuses the event.)"""
+        (`strict`: a broker-backed bus raises instead of logging when the broker refuses the event. `event_id`:
+        a stable id, e.g. the publishing step's, so that a re-run publish is recognised as the same event.)"""
         subs = self._matching(topic)
         if not subs:
             return 0
-        return await self.deliver(Event(topic, data, headers or {}), subs)
+        return await self.deliver(new_event(topic, data, headers, event_id), subs)
 
     async def deliver(self, event: Event, subs: tuple[Subscription, ...] | None = None) -> int:
         """Buffer `event` for the local subscribers matching its topic; returns the count."""

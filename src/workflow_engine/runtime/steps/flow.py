@@ -172,9 +172,13 @@ class PublishStep(Step):
         topic = str(self.topic.render(scope))
         headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
         headers.setdefault("execution_id", ctx.execution.id)
+        # Fixed per execution and step: a step re-run after a crash publishes the same id again, which the broker
+        # and the consumers' idempotency keys recognise as a duplicate.
+        stable_id = f"{ctx.execution.id}:{step_key.get()}"
         if self.broker is None:
             try:
-                delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers, strict=True)
+                delivered = await ctx.services.bus.publish(topic, self.message.render(scope), headers, strict=True,
+                                                           event_id=stable_id)
             except BrokerError as exc:  # a broker-backed bus (engine.event_bus) refused the event
                 raise StepError(f"event bus: {exc}", code=exc.code) from exc
             return {"topic": topic, "delivered": delivered}
@@ -185,7 +189,7 @@ class PublishStep(Step):
         try:
             message_id = await broker.publish(topic, self.message.render(scope), headers,
                                               None if key is None else str(key),
-                                              message_id=f"{ctx.execution.id}:{step_key.get()}")
+                                              message_id=stable_id)
         except BrokerError as exc:
             raise StepError(str(exc), code=exc.code) from exc
         return {"topic": topic, "message_id": message_id, "broker": self.broker}
