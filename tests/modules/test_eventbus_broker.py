@@ -19,7 +19,7 @@ from tests.modules.broker import brokers_nats
 from tests.modules.broker.conformance import FAST, free_port, unique
 from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.broker.rabbitmq import RabbitMqBroker
-from workflow_engine.modules.eventbus.broker import BrokerEventBus
+from workflow_engine.modules.eventbus.broker import BrokerEventBus, retry_delay
 from workflow_engine.modules.eventbus.memory import Event
 from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.builtins import default_registry
@@ -139,3 +139,7 @@ waiter:
         kept = broker._kept if isinstance(broker, RabbitMqBroker) else list(broker._groups.values())  # type: ignore[attr-defined]
         assert sorted(kept) == [("bus-events", "_wait_for"), ("bus-events", "on-job-done"),
                                 ("bus-events", "on-order")], module_type
+
+
+def test_a_failing_event_is_retried_with_growing_delays_never_dropped() -> None:
+    assert [retry_delay(n) for n in (1, 2, 3, 4, 7, 100)] == [1.0, 2.0, 4.0, 8.0, 60.0, 60.0]

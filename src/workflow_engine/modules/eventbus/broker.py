@@ -34,8 +34,10 @@ TOPIC_HEADER = "x-event-topic"
 ID_HEADER = "x-event-id"
 EXECUTION_HEADER = "x-execution-id"
 BUS_HEADERS = frozenset({TOPIC_HEADER, ID_HEADER, EXECUTION_HEADER})
-# Seconds before a message whose handler failed (the engine draining, the store down) is delivered again.
+# Seconds before a message whose handler failed (the engine draining, the store down) is delivered again,
+# doubling with each delivery up to RETRY_MAX: an outage is waited out without a retry storm, nothing is dropped.
 RETRY_DELAY = 1.0
+RETRY_MAX = 60.0
 
 EventHandler = Callable[[Event], Awaitable[None]]
 
@@ -137,11 +139,18 @@ class BrokerEventBus(EventBus):
                 await handler(event)
             except Exception as exc:  # supervision boundary: the broker delivers it again
                 reraise_if_cancelled(exc)
-                log.warning("event not handled; it will be delivered again", group=group, topic=event.topic,
-                            event_id=event.id, error=exc)
-                await _settle(message.nack(RETRY_DELAY), message, group)
+                delay = retry_delay(message.delivery_count)
+                (log.warning if message.delivery_count < 5 else log.error)(
+                    "event not handled; it will be delivered again", group=group, topic=event.topic,
+                    event_id=event.id, deliveries=message.delivery_count, retry_in=delay, error=exc)
+                await _settle(message.nack(delay), message, group)
                 continue
             await _settle(message.ack(), message, group)
+
+
+def retry_delay(deliveries: int) -> float:
+    """Seconds before an event whose handling failed `deliveries` times is delivered again."""
+    return min(RETRY_MAX, RETRY_DELAY * 2 ** max(0, min(deliveries - 1, 16)))
 
 
 def event_of(message: Message) -> Event | None:
