@@ -101,6 +101,20 @@ class Execution:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    def slim(self) -> None:
+        """Drop what a finished execution no longer needs and may be large (input, step outputs, checkpoints, the
+        frames of its exception's traceback): its summary and its answer (`response`, the exception itself, for
+        a repeated Idempotency-Key) stay."""
+        if not self.finished:
+            return
+        self.input = None
+        self.steps = {}
+        self.checkpoints = {}
+        if self.exception is not None:
+            self.exception.__traceback__ = None
+        self.task = None
+        self.program = None
+
     def set_response(self, response: Response) -> None:
         """Record the response once; later `respond` steps do not change what the caller got."""
         if self.response is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -32,6 +32,10 @@ log = structlog.get_logger("workflow_engine.runtime")
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 RECENT_EXECUTIONS = 1000
+# Of those, the newest keep their input and step outputs (for callers that read them right after the end); older
+# ones keep only their summary (status, output, error, times), so large payloads do not hold memory for the
+# next thousand executions.
+RECENT_WHOLE = 100
 
 
 class Runtime:
@@ -49,6 +53,7 @@ class Runtime:
         self.meters = {name: WorkflowMeters(metrics, name) for name in workflows}
         self.live: dict[str, Execution] = {}
         self.recent: OrderedDict[str, Execution] = OrderedDict()
+        self._whole: deque[Execution] = deque()
         self.services: Services | None = None
         self._spawn: Spawn | None = None
         self._trigger_counters: dict[tuple[str, str], Any] = {}
@@ -300,6 +305,9 @@ class Runtime:
         self.recent[execution.id] = execution
         if len(self.recent) > RECENT_EXECUTIONS:
             self.recent.popitem(last=False)
+        self._whole.append(execution)
+        if len(self._whole) > RECENT_WHOLE:
+            self._whole.popleft().slim()
         if not self.live:
             self._idle.set()
 

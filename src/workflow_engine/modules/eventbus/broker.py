@@ -150,7 +150,7 @@ class BrokerEventBus(EventBus):
 
 def retry_delay(deliveries: int) -> float:
     """Seconds before an event whose handling failed `deliveries` times is delivered again."""
-    return min(RETRY_MAX, RETRY_DELAY * 2 ** max(0, min(deliveries - 1, 16)))
+    return min(RETRY_MAX, RETRY_DELAY * float(2 ** max(0, min(deliveries - 1, 16))))
 
 
 def event_of(message: Message) -> Event | None:
