@@ -65,7 +65,7 @@ class SqlStore(Store):
         self._runner = runner
         # SQLite has one connection; PostgreSQL commits a few batches at once on pooled connections.
         flushes = 1 if self._target.dialect == "sqlite" else max(1, min(4, self._target.pool_size))
-        self._group = GroupCommit(runner, flushes, self._error)
+        self._group = GroupCommit(runner, flushes, self._error, driver_sql=self._target.dialect == "sqlite")
         try:
             async with self._errors("open"):
                 await runner.open()
