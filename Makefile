@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: install run test lint bench docs clean ops-tools drill
+.PHONY: install run test lint bench bench-tools docs clean ops-tools drill
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,11 @@ $(VENV)/ops/usr/bin/promtool: | install
 drill: install ops-tools
 	$(BIN)/pytest -q -p no:cacheprovider drills
 
-bench: install
+# wrk (the HTTP load generator of bench/http_pipeline.py) from Debian's package, unpacked under .venv/bench.
+bench-tools: | install
+	bash bench/install_wrk.sh $(VENV)/bench
+
+bench: install bench-tools
 	$(BIN)/python bench/engine_overhead.py
 	$(BIN)/python bench/http_pipeline.py
 	$(BIN)/python bench/durable.py

@@ -9,7 +9,7 @@ same run, on free loopback ports. The engine runs as `workflow run CONFIG` (or, 
 command, a launcher calling `workflow_engine.engine.runner.run`), with its defaults otherwise: route metrics,
 request-id and security-header middleware, X-Execution-Id, loop monitor and management server.
 
-Load comes from `wrk` (C, one thread; `apt-get install wrk`) or, when wrk is absent, from a raw asyncio HTTP/1.1
+Load comes from `wrk` (C, one thread; `apt-get install wrk`, or `make bench-tools` without root) or, when wrk is absent, from a raw asyncio HTTP/1.1
 client in a separate process (keep-alive connections, closed loop; it needs more CPU than wrk, which the
 servers then lack on a small machine: prefer wrk). A and B alternate order every run; medians of the runs and
 the engine/hand-written ratios are reported. Server CPU µs per request (from /proc) is shown too: it does not
@@ -290,8 +290,14 @@ end
 """
 
 
+def wrk_path() -> str | None:
+    """wrk from PATH, else the copy `make bench-tools` unpacks under .venv/bench (no root needed)."""
+    local = Path(__file__).resolve().parents[1] / ".venv" / "bench" / "bin" / "wrk"
+    return shutil.which("wrk") or (str(local) if os.access(local, os.X_OK) else None)
+
+
 def run_wrk(url: str, duration: float, connections: int, script: Path) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+    argv = [wrk_path() or "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
             "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -411,7 +417,7 @@ def measure(server: Server, args: argparse.Namespace, script: Path | None) -> Lo
 
 
 def pick_client(choice: str) -> str:
-    have_wrk = shutil.which("wrk") is not None
+    have_wrk = wrk_path() is not None
     if choice == "wrk" and not have_wrk:
         sys.exit("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or `--client python`")
     if choice == "auto" and not have_wrk:
