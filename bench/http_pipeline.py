@@ -9,9 +9,9 @@ same run, on free loopback ports. The engine runs as `workflow run CONFIG` (or, 
 command, a launcher calling `workflow_engine.engine.runner.run`), with its defaults otherwise: route metrics,
 request-id and security-header middleware, X-Execution-Id, loop monitor and management server.
 
-Load comes from `wrk` (C, one thread; `apt-get install wrk`, or `make bench-tools` without root) or, when wrk is absent, from a raw asyncio HTTP/1.1
-client in a separate process (keep-alive connections, closed loop; it needs more CPU than wrk, which the
-servers then lack on a small machine: prefer wrk). A and B alternate order every run; medians of the runs and
+Load comes from `wrk` (C, one thread; `apt-get install wrk`, or `make bench-tools` without root) or, when wrk
+is absent, from a raw asyncio HTTP/1.1 client in a separate process (keep-alive connections, closed loop; it
+needs more CPU than wrk, which the servers then lack on a small machine: prefer wrk). A and B alternate order every run; medians of the runs and
 the engine/hand-written ratios are reported. Server CPU µs per request (from /proc) is shown too: it does not
 depend on how much CPU the load generator takes.
 
