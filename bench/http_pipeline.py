@@ -11,9 +11,9 @@ request-id and security-header middleware, X-Execution-Id, loop monitor and mana
 
 Load comes from `wrk` (C, one thread; `apt-get install wrk`, or `make bench-tools` without root) or, when wrk
 is absent, from a raw asyncio HTTP/1.1 client in a separate process (keep-alive connections, closed loop; it
-needs more CPU than wrk, which the servers then lack on a small machine: prefer wrk). A and B alternate order every run; medians of the runs and
-the engine/hand-written ratios are reported. Server CPU µs per request (from /proc) is shown too: it does not
-depend on how much CPU the load generator takes.
+needs more CPU than wrk, which the servers then lack on a small machine: prefer wrk). A and B alternate order
+every run; medians of the runs and the engine/hand-written ratios are reported. Server CPU µs per request (from
+/proc) is shown too: it does not depend on how much CPU the load generator takes.
 
     .venv/bin/python bench/http_pipeline.py [--runs 3] [--duration 7] [--connections 32] [--client auto]
 """
