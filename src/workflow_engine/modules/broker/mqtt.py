@@ -142,6 +142,9 @@ class MqttBroker(Broker):
     async def _enter(self, client: aiomqtt.Client, what: str) -> None:
         try:
             await client.__aenter__()
+            # A lost connection is reported where it is noticed (fetch, settle, the watch); the future aiomqtt
+            # fails with it is never awaited, and would be logged as "never retrieved" when collected.
+            client._disconnected.add_done_callback(_seen)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(f"{self.label}: {what}: {self.cfg.host}:{self.cfg.port}: {exc}") from exc
 
@@ -420,11 +423,14 @@ def _properties(packet_type: int) -> Properties:
 
 
 async def _leave(client: aiomqtt.Client) -> None:
-    lost = client._disconnected
-    if lost.done() and not lost.cancelled():
-        lost.exception()  # the connection broke earlier; its reason was reported then (retrieved, not logged)
     with contextlib.suppress(Exception):  # leaving a connection that is already gone is fine
         await client.__aexit__(None, None, None)
+
+
+def _seen(lost: asyncio.Future[None]) -> None:
+    """Retrieve a connection's end (its reason was reported where the loss was noticed)."""
+    if not lost.cancelled():
+        lost.exception()
 
 
 SPEC = ModuleSpec(
