@@ -32,7 +32,8 @@ class Coalescer(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """`item`'s result, once the batch it joined is flushed. A cancelled caller does not take the item back:
-        it is flushed with its batch (like a statement already sent to a server)."""
+        it stays queued and is flushed with its batch (like a statement already sent to a server); cancelling
+        the caller cancels only its future, whose result is then dropped."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._queue.append((item, future))
@@ -41,7 +42,7 @@ class Coalescer(Generic[T, R]):
             task = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(future)
+        return await future
 
     async def _drain(self) -> None:
         try:
