@@ -6,6 +6,7 @@ import asyncio
 import textwrap
 
 import orjson
+import pytest
 
 from tests.factories import executions, running_engine, sample, wait_until
 from tests.modules.broker.conformance import Consumer
@@ -35,15 +36,20 @@ def _bus(engine: Engine) -> Broker:
     return broker
 
 
+# `durable: false` executions of a message run in its handler's task (inline); durable ones in their own.
+DURABILITY = pytest.mark.parametrize("durable", ["true", "false"], ids=["durable", "durable: false (inline)"])
+
+
 async def _store_count(engine: Engine, status: str | None = None) -> int:
     page = await engine.store.list_executions(workflow="consume", limit=1000)
     return sum(1 for r in page.items if status is None or r.status == status)
 
 
-async def test_one_execution_per_message_and_ack() -> None:
+@DURABILITY
+async def test_one_execution_per_message_and_ack(durable: str) -> None:
     steps = ("- id: echo\n"
              "  set: {n: '{{ input.body.n }}', topic: '{{ input.topic }}', trace: '{{ input.headers.trace }}'}")
-    async with running_engine(_yaml(steps)) as engine:
+    async with running_engine(_yaml(steps, workflow=f"durable: {durable}")) as engine:
         bus, metrics = _bus(engine), engine.metrics
         ids = [await bus.publish("orders.created", {"n": i}, {"trace": f"t{i}"}) for i in range(5)]
         await wait_until(lambda: executions(metrics, "consume", "success") == 5, "5 executions succeeded")
@@ -61,7 +67,8 @@ async def test_one_execution_per_message_and_ack() -> None:
         assert await bus.backlog("orders.created", "consume") == 0
 
 
-async def test_failure_redelivers_and_retries_the_same_execution() -> None:
+@DURABILITY
+async def test_failure_redelivers_and_retries_the_same_execution(durable: str) -> None:
     steps = """\
         - id: flaky
           if: "{{ execution.attempt < 2 }}"
@@ -69,7 +76,7 @@ async def test_failure_redelivers_and_retries_the_same_execution() -> None:
         - id: done
           set: {attempt: "{{ execution.attempt }}"}
         """
-    async with running_engine(_yaml(steps)) as engine:
+    async with running_engine(_yaml(steps, workflow=f"durable: {durable}")) as engine:
         bus, metrics = _bus(engine), engine.metrics
         await bus.publish("orders.created", {"n": 1})
         await wait_until(lambda: executions(metrics, "consume", "success") == 1, "the retry succeeded")
@@ -81,8 +88,9 @@ async def test_failure_redelivers_and_retries_the_same_execution() -> None:
         assert record.attempt == 2
 
 
-async def test_poison_message_is_dead_lettered_with_its_error() -> None:
-    async with running_engine(_yaml('- fail: "poison {{ input.body.n }}"')) as engine:
+@DURABILITY
+async def test_poison_message_is_dead_lettered_with_its_error(durable: str) -> None:
+    async with running_engine(_yaml('- fail: "poison {{ input.body.n }}"', workflow=f"durable: {durable}")) as engine:
         bus, metrics = _bus(engine), engine.metrics
         sent = await bus.publish("orders.created", {"n": 7})
         async with Consumer(bus, "orders.created.dlq", "inspect") as dlq:

@@ -17,9 +17,38 @@ from workflow_engine.runtime.templates import truthy
 async def run_nodes(nodes: Sequence[StepNode], ctx: StepContext, scope: Scope) -> Any:
     """Run `nodes` in order; the output of the last step that ran is the result."""
     output: Any = None
+    direct = ctx.direct
     for node in nodes:
-        output = await run_node(node, ctx, scope)
+        if not (direct and node.direct):
+            output = await run_node(node, ctx, scope)
+            continue
+        # `run_node` for a synchronous step of an execution nobody observes step by step (`ctx.direct`): no
+        # checkpoint, no `step.*` events, no retry or timeout, so no coroutine per step either.
+        if node.guard is not None and not truthy(node.guard.render(scope)):
+            if node.record:
+                scope["steps"][node.id] = {"output": None, "status": "skipped"}
+            output = None
+            continue
+        token = step_key.set(node.id)
+        started = time.perf_counter()
+        try:
+            output = node.step.run_sync(ctx, scope)  # type: ignore[attr-defined]  # `direct`: a SyncStep
+            if node.record:
+                scope["steps"][node.id] = {"output": output, "status": "success"}
+        except Exception as exc:
+            output = await _direct_failed(node, ctx, scope, exc, started)
+        finally:
+            step_key.reset(token)
     return output
+
+
+async def _direct_failed(node: StepNode, ctx: StepContext, scope: Scope, exc: Exception, started: float) -> Any:
+    """A direct step failed: as `run_node` handles it (with nothing to checkpoint)."""
+    error = _as_step_error(exc, node)
+    await _step_failed(node, ctx, scope, error, started)
+    if not node.continue_on_error:
+        raise error from exc
+    return None
 
 
 async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:

@@ -21,6 +21,9 @@ class CompiledWorkflow:
     steps: tuple[StepNode, ...]
     on_error: tuple[StepNode, ...]
     trigger: Trigger | None
+    # `durable: false` and nothing runs after a `respond` step could have answered: a caller waiting for the
+    # answer may run it in its own task (`Runtime.admit(inline=True)`).
+    inline_ok: bool = False
 
     @property
     def timeout(self) -> float | None:
@@ -57,10 +60,31 @@ def compile_program(
         if wf.trigger is not None:
             tspec = registry.triggers[wf.trigger.kind]
             trigger = tspec.factory(wf.trigger.config, TriggerBuilder(name, wf.trigger, compiler, issues))
-        program[name] = CompiledWorkflow(name, wf, tuple(build(wf.steps)), tuple(build(wf.on_error)), trigger)
+        steps, on_error = tuple(build(wf.steps)), tuple(build(wf.on_error))
+        inline_ok = not wf.durable and answers_at_end(steps) and answers_at_end(on_error)
+        program[name] = CompiledWorkflow(name, wf, steps, on_error, trigger, inline_ok)
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.location.line, i.location.col)))
     return program
+
+
+def answers_at_end(nodes: tuple[StepNode, ...] | list[StepNode]) -> bool:
+    """True when no step of `nodes` runs after a `respond` step: the answer is known when they end."""
+    for index, node in enumerate(nodes):
+        if not _responds(node):
+            continue
+        if index != len(nodes) - 1:
+            return False
+        if node.kind == "respond":
+            continue
+        # Only branching steps pass the question down; a loop's first answer has more iterations after it.
+        if node.kind not in ("if", "switch") or not all(answers_at_end(branch) for branch in node.step.nested()):
+            return False
+    return True
+
+
+def _responds(node: StepNode) -> bool:
+    return node.kind == "respond" or any(_responds(child) for nested in node.step.nested() for child in nested)
 
 
 def step_ids(nodes: tuple[StepNode, ...] | list[StepNode]) -> set[str]:

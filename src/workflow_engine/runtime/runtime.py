@@ -94,6 +94,7 @@ class Runtime:
     async def admit(
         self, workflow: str, input: Any, *, trigger: str, idempotency_key: str | None = None,
         parent_id: str | None = None, counted: bool = False, lifecycle_events: bool = True, wait: bool = False,
+        inline: bool = False,
     ) -> Execution:
         """The one admission function: record the execution, then run it now, queue it, or refuse it.
 
@@ -101,6 +102,10 @@ class Runtime:
         UnknownWorkflowError. A duplicate `idempotency_key` returns the execution it started first.
         `counted` says the trigger already counted the event; `lifecycle_events` False keeps the execution
         from publishing `workflow.*`/`step.*` events (executions started by those would feed each other).
+        `inline`: the caller waits for the end anyway (a synchronous HTTP request), so an execution that may
+        start at once runs in the caller's task and has finished when this returns; no task of its own, no
+        wake-up. Only for `durable: false` workflows whose answer is known at their end (`inline_ok`): with a
+        `respond` step before other steps, the caller must get its answer before the rest runs.
         """
         gate = self._gate(workflow)  # unknown names are refused before they become metric series
         if not counted:
@@ -129,8 +134,26 @@ class Runtime:
         run_now = gate.commit(execution)
         if predicted and not run_now:
             execution.started_at = None  # it waits after all: it is marked running when it starts
-        self._enter(execution, run_now)
+        if inline and run_now and execution.program.inline_ok:
+            await self._run_inline(execution)
+        else:
+            self._enter(execution, run_now)
         return execution
+
+    async def _run_inline(self, execution: Execution) -> None:
+        """Run `execution` to its end in the current task (see `admit`'s `inline`)."""
+        task = asyncio.current_task()
+        execution.task = task
+        self.live[execution.id] = execution
+        self._idle.clear()
+        try:
+            await self._run(execution, inline=True)
+        except asyncio.CancelledError:
+            # Cancelled through `cancel` (or by the drain): the execution is settled as cancelled and the
+            # caller answers that. Any other cancellation (the server stopping) is the caller's own.
+            if execution.cancel_requested and task is not None and task.uncancel() == 0:
+                return
+            raise
 
     async def admit_waiting(
         self, workflow: str, input: Any, *, trigger: str, parent_id: str | None = None, lifecycle_events: bool = True,
@@ -178,11 +201,11 @@ class Runtime:
 
     def _launch(self, execution: Execution) -> None:
         assert self._spawn is not None, "runtime.start() must run before executions are admitted"
-        execution.task = self._spawn(self._run(execution), f"execution:{execution.workflow}:{execution.id}")
+        execution.task = self._spawn(self._run(execution), _task_name(execution))
 
     # -- running ---------------------------------------------------------------------------------------------
 
-    async def _run(self, execution: Execution) -> None:
+    async def _run(self, execution: Execution, inline: bool = False) -> None:
         assert self.services is not None
         if execution.cancel_requested:  # cancelled after it was launched, before its task first ran
             await self._settle_unstarted(execution)
@@ -196,7 +219,10 @@ class Runtime:
         meters.active.inc()
         structlog.contextvars.bind_contextvars(execution_id=execution.id, workflow_type=execution.workflow)
         logger = self._log.bind(execution_id=execution.id, workflow_type=execution.workflow)
-        ctx = StepContext(execution, self.services, logger, durable)
+        bus = self.services.bus
+        ctx = StepContext(execution, self.services, logger, durable, direct=not durable and not execution.checkpoints
+                          and not (execution.lifecycle_events
+                                   and (bus.wants("step.started") or bus.wants("step.completed"))))
         scope: dict[str, Any] = {
             "input": execution.input, "steps": execution.steps, "env": self.services.env,
             "execution": {"id": execution.id, "workflow": execution.workflow, "attempt": execution.attempt},
@@ -226,8 +252,13 @@ class Runtime:
         finally:
             await self._ended(execution, status, time.perf_counter() - started, durable)
         if status is not None:
-            await self._lifecycle(
-                "workflow.completed" if status is ExecutionStatus.SUCCESS else "workflow.failed", execution)
+            topic = "workflow.completed" if status is ExecutionStatus.SUCCESS else "workflow.failed"
+            if not inline:
+                await self._lifecycle(topic, execution)
+            elif execution.lifecycle_events and bus.wants(topic):
+                # The caller is waiting to answer; the event does not hold it up.
+                assert self._spawn is not None
+                self._spawn(self._lifecycle(topic, execution), f"lifecycle:{execution.workflow}:{execution.id}")
 
     async def _body(self, workflow: CompiledWorkflow, ctx: StepContext, scope: dict[str, Any]) -> Any:
         if workflow.timeout is None:
@@ -430,13 +461,20 @@ class Runtime:
         running = [e for e in self.live.values() if e.task is not None]
         for execution in running:
             log.warning("interrupting execution still running after shutdown grace", execution_id=execution.id,
-                        workflow_type=execution.workflow, task=execution.task.get_name() if execution.task else None,
+                        workflow_type=execution.workflow, task=_task_name(execution),
                         durable=self.workflows[execution.workflow].defn.durable)
             if execution.task is not None and execution.status is ExecutionStatus.RUNNING:
+                if execution.program is not None and not execution.program.defn.durable:
+                    execution.cancel_requested = True  # it ends cancelled (an inline one answers its caller so)
                 execution.task.cancel("shutdown grace period expired")
         tasks = [e.task for e in running if e.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+
+def _task_name(execution: Execution) -> str:
+    """How logs name the task running `execution` (its own, or the caller's when it runs inline)."""
+    return f"execution:{execution.workflow}:{execution.id}"
 
 
 def _interrupted(execution: Execution) -> None:

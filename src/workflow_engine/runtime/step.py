@@ -6,7 +6,7 @@ import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from workflow_engine.config.issues import Issue
 from workflow_engine.config.models import RetryConfig, StepDef
@@ -55,10 +55,16 @@ class StepContext:
     services: Services
     log: structlog.typing.FilteringBoundLogger
     durable: bool = False
+    # Nothing observes single steps of this execution (no checkpoints, no `step.*` subscribers): the interpreter
+    # may run `direct` nodes without the per-step machinery.
+    direct: bool = False
 
 
 class Step(ABC):
     """Base class of step implementations."""
+
+    # True for steps that never wait (no I/O, no sleeping): see `SyncStep`.
+    sync: ClassVar[bool] = False
 
     @abstractmethod
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
@@ -67,6 +73,19 @@ class Step(ABC):
     def nested(self) -> list[list[StepNode]]:
         """The step lists this step runs (control steps override it)."""
         return []
+
+
+class SyncStep(Step):
+    """A step that never waits: the interpreter calls `run_sync` directly, without a coroutine per step."""
+
+    sync = True
+
+    @abstractmethod
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
+        """Do the step's work and return its output."""
+
+    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+        return self.run_sync(ctx, scope)
 
 
 @dataclass(slots=True)
@@ -82,6 +101,11 @@ class StepNode:
     continue_on_error: bool
     path: str
     record: bool = True
+    # A synchronous step with no timeout or retry: it can run as a plain call (set from the above).
+    direct: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.direct = self.step.sync and self.timeout is None and self.retry is None
 
 
 class StepBuilder:

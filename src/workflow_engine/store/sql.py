@@ -181,8 +181,9 @@ class SqlStore(Store):
             if self._target.dialect == "sqlite":
                 # The driver's executemany with plain tuples: SQLAlchemy's per-row bind processing cost ~40 us
                 # a row here, the bulk of a `durable: false` request's summary write.
-                rows = [_row(r) for r in records]
-                await runner.transaction(lambda conn: conn.exec_driver_sql(_INSERT_EXECUTION_SQLITE, rows))
+                # The rows are built on the store's thread, off the event loop.
+                await runner.transaction(
+                    lambda conn: conn.exec_driver_sql(_INSERT_EXECUTION_SQLITE, [_row(r) for r in records]))
             else:
                 params = [dict(vars(r)) for r in records]
                 statement = self._q.insert_execution

@@ -3,7 +3,8 @@
 Per message (see the contract in modules/broker/base.py and docs/BROKERS.md):
 1. admit with idempotency key `<broker module>:<message id>`, waiting for room (back-pressure: while the
    workflow's slots and queue are full no more admissions happen, so no more than `max_in_flight` messages are
-   unsettled and the broker stops delivering). Admission writes the execution to the store before it runs.
+   unsettled and the broker stops delivering). Admission writes the execution to the store before it runs; a
+   `durable: false` execution that may start at once runs in the handler's own task (`admit(inline=True)`).
 2. A redelivered message finds the execution its first delivery started: finished with success -> ack only;
    failed -> run it again from its failed step (`Runtime.retry`); still running (here or on a replica that
    died; its lease lets one resume it) -> wait for it.
@@ -116,8 +117,11 @@ class _Handler:
 
     async def _execution(self, message: Message) -> Execution:
         key = f"{self.broker.name}:{message.id}"
+        # The handler waits for the outcome anyway: a `durable: false` execution may run in this task.
         execution = await self.runtime.admit(self.workflow, message.to_input(), trigger="message",
-                                             idempotency_key=key, wait=True)
+                                             idempotency_key=key, wait=True, inline=True)
+        if execution.task is asyncio.current_task():
+            return execution  # this delivery's own execution, run here just now: its outcome settles it
         if execution.status in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
             # A redelivery of a message whose execution failed: the next attempt, from the failed step.
             try:

@@ -12,18 +12,18 @@ from workflow_engine.config.models import Strict
 from workflow_engine.errors import StepError
 from workflow_engine.registry.specs import StepSpec
 from workflow_engine.runtime.jsonschema_check import SchemaCheck
-from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext
+from workflow_engine.runtime.step import Scope, StepBuilder, StepContext, SyncStep
 
 
 class SetConfig(Strict):
     values: dict[str, Any] = Field(description="Names and values (templates allowed); the output is this mapping.")
 
 
-class SetStep(Step):
+class SetStep(SyncStep):
     def __init__(self, config: SetConfig, build: StepBuilder) -> None:
         self.values = build.compile(config.values, "set")
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         return self.values.render(scope)
 
 
@@ -34,7 +34,7 @@ class TransformConfig(Strict):
     )
 
 
-class TransformStep(Step):
+class TransformStep(SyncStep):
     def __init__(self, config: TransformConfig, build: StepBuilder) -> None:
         try:
             self.expression = jmespath.compile(config.expression)
@@ -43,7 +43,7 @@ class TransformStep(Step):
         self.source = config.expression
         self.data = build.compile(config.data, "transform.data") if config.data is not None else None
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         data = self.data.render(scope) if self.data is not None else {
             "input": scope["input"], "steps": scope["steps"], "execution": scope["execution"]}
         try:
@@ -57,7 +57,7 @@ class ValidateConfig(Strict):
     data: Any = Field("{{ input.body }}", description="What to validate (template); default: the request body.")
 
 
-class ValidateStep(Step):
+class ValidateStep(SyncStep):
     def __init__(self, config: ValidateConfig, build: StepBuilder) -> None:
         problem = SchemaCheck.problem(config.schema_)
         if problem:
@@ -68,7 +68,7 @@ class ValidateStep(Step):
         self.data = build.compile(config.data, "validate.data")
         self.step_id = build.defn.id
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         data = self.data.render(scope)
         self.check.check(data, "input")
         return data

@@ -16,7 +16,7 @@ from workflow_engine.modules.eventbus.memory import validate_pattern
 from workflow_engine.registry.specs import ModuleRef, StepSpec, WorkflowRef
 from workflow_engine.runtime.execution import ExecutionStatus, Response
 from workflow_engine.runtime.parking import Parked
-from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, step_attempt, step_key
+from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, SyncStep, step_attempt, step_key
 
 
 class RespondConfig(Strict):
@@ -25,13 +25,13 @@ class RespondConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra response headers (templates allowed).")
 
 
-class RespondStep(Step):
+class RespondStep(SyncStep):
     def __init__(self, config: RespondConfig, build: StepBuilder) -> None:
         self.status = build.compile(config.status, "respond.status")
         self.body = build.compile(config.body, "respond.body")
         self.headers = build.compile(config.headers, "respond.headers")
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         status = self.status.render(scope)
         try:
             code = int(status)
@@ -51,13 +51,13 @@ class LogConfig(Strict):
     fields: dict[str, Any] = Field(default_factory=dict, description="Extra fields (templates allowed).")
 
 
-class LogStep(Step):
+class LogStep(SyncStep):
     def __init__(self, config: LogConfig, build: StepBuilder) -> None:
         self.message = build.compile(config.message, "log.message")
         self.level = config.level
         self.fields = build.compile(config.fields, "log.fields")
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         message = self.message.render(scope)
         fields = self.fields.render(scope)
         getattr(ctx.log, self.level)(str(message), **fields)
@@ -71,14 +71,14 @@ class FailConfig(Strict):
     details: Any = Field(None, description="Extra error details (templates allowed).")
 
 
-class FailStep(Step):
+class FailStep(SyncStep):
     def __init__(self, config: FailConfig, build: StepBuilder) -> None:
         self.message = build.compile(config.message, "fail.message")
         self.details = build.compile(config.details, "fail.details")
         self.code = config.code
         self.status = config.status or 500
 
-    async def run(self, ctx: StepContext, scope: Scope) -> Any:
+    def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
         raise FailError(str(self.message.render(scope)), code=self.code, http_status=self.status,
                         details=self.details.render(scope))
 
