@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,6 +142,33 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
+            if pragma == _WAL:
+                _switch_to_wal(cursor)
+            else:
+                cursor.execute(pragma)
     finally:
         cursor.close()
+
+
+_WAL = "PRAGMA journal_mode=WAL"
+# How long a connection keeps trying to switch a new database file to WAL while other processes open it too.
+_WAL_PATIENCE = 10.0
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Set WAL mode, waiting for other connections doing the same: the switch needs an exclusive lock, and
+    SQLite answers "database is locked" at once instead of calling the busy handler when several connections
+    open a new file together (replicas starting at once). A file already in WAL mode needs no switch."""
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + _WAL_PATIENCE
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute(_WAL)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

@@ -9,6 +9,8 @@ statement reaches each database is `runner.py`; the few statements that differ b
 from __future__ import annotations
 
 import functools
+import itertools
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -179,11 +181,7 @@ class SqlStore(Store):
         runner = self._open_runner("create_executions")
         async with self._errors("create_executions"):
             if self._target.dialect == "sqlite":
-                # The driver's executemany with plain tuples: SQLAlchemy's per-row bind processing cost ~40 us
-                # a row here, the bulk of a `durable: false` request's summary write.
-                # The rows are built on the store's thread, off the event loop.
-                await runner.transaction(
-                    lambda conn: conn.exec_driver_sql(_INSERT_EXECUTION_SQLITE, [_row(r) for r in records]))
+                await runner.transaction(lambda conn: _insert_sqlite(conn, records))
             else:
                 params = [dict(vars(r)) for r in records]
                 statement = self._q.insert_execution
@@ -373,8 +371,32 @@ class SqlStore(Store):
 
 _EXECUTION_COLUMNS = tuple(column.name for column in executions.columns)
 _JSON_COLUMNS = frozenset(column.name for column in executions.columns if isinstance(column.type, JsonText))
-_INSERT_EXECUTION_SQLITE = (f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) "
-                            f"VALUES ({', '.join('?' * len(_EXECUTION_COLUMNS))})")
+# Rows per multi-row INSERT on SQLite, largest first (a batch is cut into these, so few statements are ever
+# prepared); SQLite before 3.32 binds at most 999 values per statement.
+_SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0) else (32, 8, 2, 1)
+
+
+@functools.cache
+def _insert_sqlite_sql(rows: int) -> str:
+    values = f"({', '.join('?' * len(_EXECUTION_COLUMNS))})"
+    return f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}"
+
+
+def _insert_sqlite(conn: sa.Connection, records: Sequence[ExecutionRecord]) -> None:
+    """Insert summary rows on SQLite, on the store's thread: many rows per statement, on the driver's cursor.
+
+    The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
+    each a wait for the event loop's thread to let go, which made a `durable: false` request's summary row
+    cost the loop more than its own work. A multi-row INSERT binds a chunk at once and runs it in one step.
+    (Plain tuples, not SQLAlchemy parameters: its per-row bind processing cost ~40 us a row.)
+    """
+    rows = [_row(r) for r in records]
+    start = 0
+    for size in _SQLITE_CHUNKS:
+        while len(rows) - start >= size:
+            chunk = rows[start:start + size]
+            conn.exec_driver_sql(_insert_sqlite_sql(size), tuple(itertools.chain.from_iterable(chunk)))
+            start += size
 
 
 def _row(record: ExecutionRecord) -> tuple[Any, ...]:
