@@ -174,14 +174,16 @@ async def test_closed_store_refuses_operations(make_store: StoreFactory) -> None
         await store.get_execution("e1")
 
 
-async def test_create_executions_inserts_a_batch_in_one_call(store: Store) -> None:
+@pytest.mark.parametrize("count", [1, 50, 337])  # 337 = 256 + 64 + 16 + 1: every multi-row chunk size on SQLite
+async def test_create_executions_inserts_a_batch_in_one_call(store: Store, count: int) -> None:
     records = [ExecutionRecord(id=f"s{n}", workflow="fast", trigger="http", input={"n": n}, status=Status.SUCCESS,
-                               output={"done": n}, finished_at=1700000000.0 + n, durable=False) for n in range(50)]
+                               output={"done": n}, finished_at=1700000000.0 + n, durable=False)
+               for n in range(count)]
     await store.create_executions(records)
     await store.create_executions([])
     page = await store.list_executions(workflow="fast", limit=500)
     assert sorted(r.id for r in page.items) == sorted(r.id for r in records)
-    fetched = await store.get_execution("s7")
+    fetched = await store.get_execution(f"s{count - 1}")
     assert fetched is not None
     assert (fetched.status, fetched.output, fetched.durable, fetched.created_at > 0) == (
-        Status.SUCCESS, {"done": 7}, False, True)
+        Status.SUCCESS, {"done": count - 1}, False, True)
