@@ -81,7 +81,10 @@ class Recorder:
         # make it the largest cost of a `durable: false` request; they are kept only by durable workflows.
         record.input = None
         record.output, record.error, record.finished_at = execution.output, execution.error, finished_at
-        await self._summaries.put(record)
+        try:
+            self._summaries.put_nowait(record)
+        except asyncio.QueueFull:  # the writer is behind: wait for room (back-pressure, never unbounded)
+            await self._summaries.put(record)
 
     async def park(self, execution: Execution, wake_at: float | None, topic: str | None,
                    state: dict[str, Any] | None) -> None:

@@ -233,7 +233,8 @@ class Runtime:
             if execution.started_at is None:
                 execution.started_at = time.time()
                 await self.recorder.started(execution, durable)
-            await self._lifecycle("workflow.started", execution)
+            if execution.lifecycle_events and bus.wants("workflow.started"):
+                await self._lifecycle("workflow.started", execution)
             output = await self._body(workflow, ctx, scope)
             status = ExecutionStatus.SUCCESS
             execution.settle(status, output)
