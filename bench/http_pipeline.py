@@ -125,10 +125,16 @@ def engine_config(port: int, store: str, durable: bool) -> str:
 
 def serve_baseline(port: int) -> None:
     """The hand-written Starlette app doing the same work (run in its own process)."""
+    import uvicorn
+
+    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, **UVICORN_SETTINGS)
+
+
+def baseline_app() -> Any:
+    """The hand-written Starlette app (an ASGI app; `http_inprocess.py` drives it without a server)."""
     import fastjsonschema
     import jmespath
     import orjson
-    import uvicorn
     from jsonschema import Draft202012Validator
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -156,8 +162,7 @@ def serve_baseline(port: int) -> None:
         return json_response(expression.search(body))
 
 
-    app = Starlette(routes=[Route(PATH, pipeline, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, **UVICORN_SETTINGS)
+    return Starlette(routes=[Route(PATH, pipeline, methods=["POST"])])
 
 
 def serve_engine(config: str) -> None:

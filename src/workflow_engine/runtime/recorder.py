@@ -19,6 +19,10 @@ log = structlog.get_logger("workflow_engine.recorder")
 
 SUMMARY_BUFFER = 10_000
 SUMMARY_BATCH = 500
+# How long the writer lets summary rows gather after the first one: a transaction's fixed cost (SQLAlchemy's
+# Python per statement and per commit, on the store's thread, holding the GIL the event loop needs) is paid
+# once for many rows. The rows are best effort by the user's choice (`durable: false`); this only delays them.
+SUMMARY_LINGER = 0.05
 
 
 class Recorder:
@@ -130,6 +134,12 @@ class Recorder:
         try:
             while True:
                 batch = [await self._summaries.get()]
+                if self._summaries.qsize() < SUMMARY_BATCH - 1:
+                    try:
+                        await asyncio.sleep(SUMMARY_LINGER)
+                    except asyncio.CancelledError:  # stopping: the row taken is written with the rest
+                        await self._write_summaries(batch)
+                        raise
                 await self._write_summaries(batch)
         finally:
             await self._write_summaries([])

@@ -181,7 +181,10 @@ class SqlStore(Store):
         runner = self._open_runner("create_executions")
         async with self._errors("create_executions"):
             if self._target.dialect == "sqlite":
-                await runner.transaction(lambda conn: _insert_sqlite(conn, records))
+                # The rows are built here, on the event loop: built on the store's thread, that Python work
+                # made the loop wait for the GIL (more than it costs here).
+                rows = [_row(r) for r in records]
+                await runner.transaction(lambda conn: _insert_sqlite(conn, rows))
             else:
                 params = [dict(vars(r)) for r in records]
                 statement = self._q.insert_execution
@@ -382,15 +385,14 @@ def _insert_sqlite_sql(rows: int) -> str:
     return f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}"
 
 
-def _insert_sqlite(conn: sa.Connection, records: Sequence[ExecutionRecord]) -> None:
-    """Insert summary rows on SQLite, on the store's thread: many rows per statement, on the driver's cursor.
+def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert summary rows (`_row` tuples) on SQLite, on the store's thread: many rows per statement.
 
     The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
     each a wait for the event loop's thread to let go, which made a `durable: false` request's summary row
     cost the loop more than its own work. A multi-row INSERT binds a chunk at once and runs it in one step.
     (Plain tuples, not SQLAlchemy parameters: its per-row bind processing cost ~40 us a row.)
     """
-    rows = [_row(r) for r in records]
     start = 0
     for size in _SQLITE_CHUNKS:
         while len(rows) - start >= size:

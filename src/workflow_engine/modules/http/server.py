@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router, compile_path
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workflow_engine.config.models import Strict
 from workflow_engine.durations import ByteSize, Duration
@@ -323,6 +323,11 @@ class HttpServer(Module):
             await asyncio.wait({task})
         if not task.cancelled() and task.exception() is not None:
             _log.error("http_server_failed", module=self.name, exc_info=task.exception())
+
+    @property
+    def asgi_app(self) -> ASGIApp | None:
+        """The ASGI app uvicorn serves (None before start): for in-process drivers (bench/http_inprocess.py)."""
+        return self._switch
 
     def describe(self) -> dict[str, Any]:
         """The bound address (the real port when configured with port 0)."""
