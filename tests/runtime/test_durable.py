@@ -180,6 +180,26 @@ async def test_a_durable_workflow_checkpoints_every_step(store_url: str, probe: 
     assert (record.status, record.output, record.owner) == (Status.SUCCESS, {"total": 3}, None)
 
 
+async def test_summary_rows_of_executions_finished_just_before_stop_are_written(store_url: str,
+                                                                                  probe: Store) -> None:
+    # The writer lets rows gather (SUMMARY_LINGER) before it writes them; a stop in that moment must not lose
+    # the row it already took from its queue, nor the ones behind it.
+    async with engine_on(store_url, app_yaml("""
+        quick:
+          durable: false
+          steps:
+            - id: a
+              set: {n: "{{ input.n }}"}
+    """, engine=ENGINE)) as engine:
+        finished = [await wait_done(await engine.runtime.admit("quick", {"n": n}, trigger="manual"))
+                    for n in range(3)]
+        # The engine stops at once, while the writer still lingers over the first row.
+    for execution in finished:
+        record = await probe.get_execution(execution.id)
+        assert record is not None
+        assert record.status == Status.SUCCESS
+
+
 async def test_durable_false_keeps_only_one_summary_row(store_url: str, probe: Store) -> None:
     async with engine_on(store_url, app_yaml("""
         quick:
