@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.base import Executable
 
@@ -31,12 +33,16 @@ from workflow_engine.store.records import ComponentSource, ExecutionRecord, Page
 from workflow_engine.store.runner import Outcome, Runner, runner_for
 from workflow_engine.store.schema import EXECUTION_FIELDS, JsonText, executions
 from workflow_engine.store.statements import statements_for, update_statement
+from workflow_engine.store.writer_process import StoreRowsRefusedError, WriterGone, WriterProcess
 
 _UPDATABLE = EXECUTION_FIELDS - {"id"}
 
 
 def _execution(row: Row[Any]) -> ExecutionRecord:
     return ExecutionRecord(**row._mapping)
+
+
+_log = structlog.get_logger("workflow_engine.store")
 
 
 def _not_found(operation: str, execution_id: str) -> StoreError:
@@ -48,13 +54,19 @@ def _not_found(operation: str, execution_id: str) -> StoreError:
 class SqlStore(Store):
     """The store on SQLAlchemy Core; SQLite or PostgreSQL by the URL it was made from."""
 
-    def __init__(self, target: StoreUrl, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, target: StoreUrl, *, clock: Callable[[], float] = time.time,
+                 summary_process: bool = True) -> None:
         self.url = target.display
         self._target = target
         self._q = statements_for(target.dialect)
         self._clock = clock
         self._runner: Runner | None = None
         self._group: GroupCommit | None = None
+        # SQLite files take summary rows through a helper process (writer_process.py); `:memory:` databases
+        # exist only on the store's own connection.
+        database = target.sa_url.database if target.dialect == "sqlite" else None
+        self.summary_writer = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
+                               if summary_process and database and database != ":memory:" else None)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -93,6 +105,8 @@ class SqlStore(Store):
         group, self._group = self._group, None
         if group is not None:
             await group.close()
+        if self.summary_writer is not None:
+            await self.summary_writer.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             async with self._errors("close"):
@@ -184,11 +198,30 @@ class SqlStore(Store):
                 # The rows are built here, on the event loop: built on the store's thread, that Python work
                 # made the loop wait for the GIL (more than it costs here).
                 rows = [_row(r) for r in records]
-                await runner.transaction(lambda conn: _insert_sqlite(conn, rows))
+                if await self._insert_by_process(rows):
+                    return
+                # A child that died may have committed the batch first: ignore rows already there.
+                retry = self.summary_writer is not None
+                await runner.transaction(lambda conn: _insert_sqlite(conn, rows, or_ignore=retry))
             else:
                 params = [dict(vars(r)) for r in records]
                 statement = self._q.insert_execution
                 await runner.transaction(lambda conn: conn.execute(statement, params))
+
+    async def _insert_by_process(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Commit summary rows through the helper process; False when the store must write them itself."""
+        writer = self.summary_writer
+        if writer is None:
+            return False
+        try:
+            await writer.insert(rows)
+        except WriterGone as exc:
+            _log.warning("summary writer process unavailable; the store's thread writes the batch",
+                         store=self.url, rows=len(rows), error=str(exc))
+            return False
+        except StoreRowsRefusedError as exc:
+            raise StoreError(f"store create_executions failed ({self.url}): {exc}") from exc
+        return True
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
@@ -380,12 +413,13 @@ _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0
 
 
 @functools.cache
-def _insert_sqlite_sql(rows: int) -> str:
+def _insert_sqlite_sql(rows: int, or_ignore: bool) -> str:
     values = f"({', '.join('?' * len(_EXECUTION_COLUMNS))})"
-    return f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}"
+    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+    return f"{verb} INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}"
 
 
-def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, or_ignore: bool = False) -> None:
     """Insert summary rows (`_row` tuples) on SQLite, on the store's thread: many rows per statement.
 
     The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
@@ -397,7 +431,7 @@ def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
     for size in _SQLITE_CHUNKS:
         while len(rows) - start >= size:
             chunk = rows[start:start + size]
-            conn.exec_driver_sql(_insert_sqlite_sql(size), tuple(itertools.chain.from_iterable(chunk)))
+            conn.exec_driver_sql(_insert_sqlite_sql(size, or_ignore), tuple(itertools.chain.from_iterable(chunk)))
             start += size
 
 

@@ -1,0 +1,171 @@
+"""A helper process that inserts `durable: false` summary rows into a SQLite file, off the engine's GIL.
+
+Why a process: on the store's thread, the Python half of every summary batch (SQLAlchemy's statement path,
+binding thousands of parameters) holds the GIL the event loop needs, and each of the loop's socket syscalls
+hands the GIL to that thread and waits to get it back. Measured over the wire (bench/RESULTS.md, 2026-12-02),
+that cost a `durable: false` HTTP route about a quarter of its throughput, far more than the rows' own SQLite
+work. A process has its own GIL: the loop only serialises the rows (orjson) and writes them to a pipe.
+
+Protocol, one JSON document per line: the parent's first line is the column list, then every line is
+`[seq, rows]` (rows: arrays in column order, JSON columns already as text); the child answers each with
+`[seq, null]` once the rows are committed, or `[seq, "message"]` when the transaction failed (rolled back).
+End of input: the child exits. The child opens its own connection to the same file (WAL: the engine's
+connection keeps reading and writing; the busy timeout orders the writers).
+
+The child is started on the first batch, so engines and tests that never write summary rows start none. When
+it cannot be started, or dies, `WriterProcess.insert` raises `WriterGone`; the store then writes that batch
+itself (`INSERT OR IGNORE`: rows the child committed before it died are not inserted twice) and starts a new
+child for the next batch.
+
+    python -m workflow_engine.store.writer_process DATABASE_PATH    (run by WriterProcess, not by hand)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+# The child's connection: waits for the engine's writers (as the engine waits for it); WAL is already set on
+# the file by the engine's own connection, and synchronous=NORMAL matches it (no fsync per commit in WAL).
+CHILD_PRAGMAS = ("PRAGMA busy_timeout=10000", "PRAGMA synchronous=NORMAL")
+STOP_TIMEOUT = 5.0
+
+
+class WriterGone(Exception):
+    """The helper process could not be started, or stopped answering; the caller writes the rows itself."""
+
+
+class WriterProcess:
+    """The parent's side: one child per SQLite file, one batch in flight at a time."""
+
+    def __init__(self, database: str, columns: Sequence[str]) -> None:
+        self.database = database
+        self.columns = tuple(columns)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self.started = 0  # children started so far (a restart after a crash counts)
+
+    async def insert(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefused (a
+        RuntimeError) with SQLite's message when it refused them."""
+        async with self._lock:
+            proc = await self._ensure()
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            self._seq += 1
+            try:
+                proc.stdin.write(orjson.dumps([self._seq, rows]) + b"\n")
+                await proc.stdin.drain()
+                line = await proc.stdout.readline()
+            except (OSError, ValueError) as exc:  # broken pipe, or an answer longer than the stream's limit
+                await self._discard()
+                raise WriterGone(f"summary writer process failed: {exc}") from exc
+            if not line:
+                code = await self._discard()
+                raise WriterGone(f"summary writer process exited (code {code})")
+            seq, error = orjson.loads(line)
+            if seq != self._seq:
+                await self._discard()
+                raise WriterGone(f"summary writer process answered batch {seq} for batch {self._seq}")
+            if error is not None:
+                raise StoreRowsRefusedError(str(error))
+
+    async def close(self) -> None:
+        """End the child after its last batch (it exits at end of input); kill it if it does not."""
+        async with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            if proc.stdin is not None:
+                proc.stdin.close()
+                with contextlib.suppress(OSError):
+                    await proc.stdin.wait_closed()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid (None when none runs)."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            return proc
+        if proc is not None:
+            await self._discard()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "workflow_engine.store.writer_process", self.database,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise WriterGone(f"summary writer process could not start: {exc}") from exc
+        self._proc = proc
+        self.started += 1
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(list(self.columns)) + b"\n")
+        return proc
+
+    async def _discard(self) -> int | None:
+        """Forget a child that failed (killed if it still runs); returns its exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        return await proc.wait()
+
+
+class StoreRowsRefusedError(RuntimeError):
+    """SQLite refused a batch in the child (constraint, disk full, ...); the transaction was rolled back."""
+
+
+def insert_sql(columns: Sequence[str], *, or_ignore: bool = False) -> str:
+    """The INSERT statement of one summary row (both the child and the store's own fallback use it)."""
+    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+    return f"{verb} INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def serve(database: str, stdin: Any, stdout: Any) -> int:
+    """The child's loop: commit each batch read from `stdin`, answer on `stdout`, until end of input."""
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in CHILD_PRAGMAS:
+            conn.execute(pragma)
+        header = stdin.readline()
+        if not header:
+            return 0
+        statement = insert_sql(json.loads(header))
+        for line in stdin:
+            seq, rows = json.loads(line)
+            error = None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(statement, rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            stdout.write(json.dumps([seq, error]).encode() + b"\n")
+            stdout.flush()
+        return 0
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer))

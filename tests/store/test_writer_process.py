@@ -1,0 +1,113 @@
+"""The summary-row helper process of SQLite file stores (store/writer_process.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from workflow_engine.store.base import StoreError
+from workflow_engine.store.connect import parse_store_url
+from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.sql import SqlStore
+
+
+def summaries(prefix: str, count: int) -> list[ExecutionRecord]:
+    return [ExecutionRecord(id=f"{prefix}{n}", workflow="fast", trigger="http", input=None, status=Status.SUCCESS,
+                            output={"n": n}, error=None, finished_at=1700000000.0 + n, created_at=1700000000.0,
+                            updated_at=1700000000.0, durable=False)
+            for n in range(count)]
+
+
+async def open_sqlite(path: Path) -> SqlStore:
+    store = SqlStore(parse_store_url(f"sqlite:///{path}"))
+    await store.open()
+    return store
+
+
+async def listed_ids(store: SqlStore) -> list[str]:
+    return sorted(r.id for r in (await store.list_executions(workflow="fast", limit=500)).items)
+
+
+async def test_summary_rows_of_a_sqlite_file_go_through_one_child_process(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    assert writer.pid is None  # started by the first batch, not by open()
+    try:
+        await store.create_executions(summaries("a", 40))
+        pid = writer.pid
+        assert pid is not None
+        assert pid != os.getpid()
+        await store.create_executions(summaries("b", 3))
+        assert writer.pid == pid  # the same child for every batch
+        assert writer.started == 1
+        ids = await listed_ids(store)
+        assert ids == sorted([f"a{n}" for n in range(40)] + [f"b{n}" for n in range(3)])
+        row = await store.get_execution("a7")
+        assert row is not None
+        assert (row.status, row.output, row.durable, row.finished_at) == (Status.SUCCESS, {"n": 7}, False,
+                                                                           1700000007.0)
+    finally:
+        await store.close()
+    assert writer.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended at close (and reaped)
+
+
+async def test_a_killed_child_loses_no_row_and_the_next_batch_starts_a_new_one(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    try:
+        await store.create_executions(summaries("a", 5))
+        pid = writer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await store.create_executions(summaries("b", 5))  # the store's thread writes it
+        assert len(await listed_ids(store)) == 10
+        await store.create_executions(summaries("c", 5))
+        assert writer.started == 2
+        assert writer.pid not in (None, pid)
+        assert len(await listed_ids(store)) == 15
+    finally:
+        await store.close()
+
+
+async def test_rows_the_child_refuses_fail_the_batch_and_leave_nothing_half_written(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    try:
+        await store.create_executions(summaries("a", 2))
+        clash = summaries("z", 3) + summaries("a", 1)  # a0 exists: the primary key refuses the batch
+        with pytest.raises(StoreError, match=r"create_executions failed.*UNIQUE constraint failed"):
+            await store.create_executions(clash)
+        assert await listed_ids(store) == ["a0", "a1"]  # rolled back: no z rows either
+        assert store.summary_writer is not None
+        assert store.summary_writer.started == 1  # a refusal is not a crash
+    finally:
+        await store.close()
+
+
+async def test_memory_databases_and_postgresql_write_summary_rows_themselves() -> None:
+    memory = SqlStore(parse_store_url("sqlite:///:memory:"))
+    assert memory.summary_writer is None
+    await memory.open()
+    try:
+        await memory.create_executions(summaries("m", 3))
+        assert await listed_ids(memory) == ["m0", "m1", "m2"]
+    finally:
+        await memory.close()
+    assert SqlStore(parse_store_url("postgresql://postgres@127.0.0.1:5432/test")).summary_writer is None
+
+
+async def test_a_store_told_not_to_use_the_process_writes_on_its_thread(tmp_path: Path) -> None:
+    store = SqlStore(parse_store_url(f"sqlite:///{tmp_path / 's.db'}"), summary_process=False)
+    assert store.summary_writer is None
+    await store.open()
+    try:
+        await store.create_executions(summaries("t", 4))
+        assert len(await listed_ids(store)) == 4
+    finally:
+        await store.close()
