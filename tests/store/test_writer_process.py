@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from workflow_engine.store.base import StoreError
 from workflow_engine.store.connect import parse_store_url
@@ -109,5 +112,30 @@ async def test_a_store_told_not_to_use_the_process_writes_on_its_thread(tmp_path
     try:
         await store.create_executions(summaries("t", 4))
         assert len(await listed_ids(store)) == 4
+    finally:
+        await store.close()
+
+
+async def test_a_batch_locked_out_of_the_child_is_written_by_the_store_thread(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    try:
+        await store.create_executions(summaries("a", 1))
+        other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the child waits (1 s)
+        with structlog.testing.capture_logs() as logs:
+            write = asyncio.create_task(store.create_executions(summaries("b", 3)))
+            await asyncio.sleep(1.5)
+            assert not write.done()
+            other.execute("COMMIT")
+            other.close()
+            await write
+        fallbacks = [e for e in logs if e["event"].startswith("summary writer process unavailable")]
+        assert [(e["rows"], "database is locked" in e["error"]) for e in fallbacks] == [(3, True)]
+        assert await listed_ids(store) == ["a0", "b0", "b1", "b2"]
+        assert store.summary_writer is not None
+        assert store.summary_writer.started == 1  # locked out is not dead: the same child takes the next batch
+        await store.create_executions(summaries("c", 1))
+        assert store.summary_writer.started == 1
+        assert len(await listed_ids(store)) == 5
     finally:
         await store.close()

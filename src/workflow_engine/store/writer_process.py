@@ -8,12 +8,14 @@ work. A process has its own GIL: the loop only serialises the rows (orjson) and 
 
 Protocol, one JSON document per line: the parent's first line is the column list, then every line is
 `[seq, rows]` (rows: arrays in column order, JSON columns already as text); the child answers each with
-`[seq, null]` once the rows are committed, or `[seq, "message"]` when the transaction failed (rolled back).
+`[seq, null]` once the rows are committed, or `[seq, "message"]` when the transaction failed (rolled back;
+"busy: ..." when the write lock could not be had).
 End of input: the child exits. The child opens its own connection to the same file (WAL: the engine's
 connection keeps reading and writing; the busy timeout orders the writers).
 
 The child is started on the first batch, so engines and tests that never write summary rows start none. When
-it cannot be started, or dies, `WriterProcess.insert` raises `WriterGone`; the store then writes that batch
+it cannot be started, dies, or finds the database locked for a second, `WriterProcess.insert` raises
+`WriterGone`; the store then writes that batch
 itself (`INSERT OR IGNORE`: rows the child committed before it died are not inserted twice) and starts a new
 child for the next batch.
 
@@ -32,10 +34,13 @@ from typing import Any
 
 import orjson
 
-# The child's connection: waits for the engine's writers (as the engine waits for it); WAL is already set on
-# the file by the engine's own connection, and synchronous=NORMAL matches it (no fsync per commit in WAL).
-CHILD_PRAGMAS = ("PRAGMA busy_timeout=10000", "PRAGMA synchronous=NORMAL")
+# The child's connection: WAL is already set on the file by the engine's own connection, and synchronous=NORMAL
+# matches it (no fsync per commit in WAL). It waits a second for another writer (the engine's group commits, a
+# replica on the same file); a batch still locked out then is written by the store's own thread, which takes
+# its turn among the engine's writes instead of racing them for the lock (and summary rows never wait long).
+CHILD_PRAGMAS = ("PRAGMA busy_timeout=1000", "PRAGMA synchronous=NORMAL")
 STOP_TIMEOUT = 5.0
+BUSY = "busy: "  # the prefix of a refusal for want of the write lock (the rows themselves were fine)
 
 
 class WriterGone(Exception):
@@ -76,6 +81,8 @@ class WriterProcess:
                 await self._discard()
                 raise WriterGone(f"summary writer process answered batch {seq} for batch {self._seq}")
             if error is not None:
+                if error.startswith(BUSY):
+                    raise WriterGone(f"summary writer process found the database locked: {error}")
                 raise StoreRowsRefusedError(str(error))
 
     async def close(self) -> None:
@@ -157,7 +164,8 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
                 conn.executemany(statement, rows)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+                error = f"{BUSY if busy else ''}{type(exc).__name__}: {exc}"
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             stdout.write(json.dumps([seq, error]).encode() + b"\n")
