@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from workflow_engine.api.config import ApiConfig
 from workflow_engine.config.issues import Location
 from workflow_engine.durations import ByteSize, Duration
-from workflow_engine.registry.specs import ModuleRef
+from workflow_engine.registry.specs import ModuleRef, TopicRef
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -39,7 +39,7 @@ class EventBusConfig(Strict):
     broker: Annotated[str, ModuleRef(("broker",))] = Field(
         description="The broker module (a `broker.*` module of this file) that carries the events between replicas."
     )
-    topic: str = Field("workflow-events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+    topic: Annotated[str, TopicRef()] = Field("workflow-events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
                        description="Broker topic that holds every event crossing replicas (no wildcards).")
     max_in_flight: int = Field(64, ge=1, le=100_000, description="Events each consumer (an `event`-triggered "
                                "workflow, the `wait_for` waiters) takes from the broker and has not settled yet.")

@@ -1,4 +1,4 @@
-"""Field markers (`ModuleRef`, `WorkflowRef`, `NestedSteps`) and the check that references resolve."""
+"""Field markers (`ModuleRef`, `TopicRef`, `WorkflowRef`, `NestedSteps`) and the check that references resolve."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from workflow_engine.config.issues import Issue, Path, did_you_mean
 from workflow_engine.config.locate import Locator, ToYaml
-from workflow_engine.registry.specs import ModuleRef, NestedSteps, Registry, WorkflowRef
+from workflow_engine.registry.specs import ModuleRef, NestedSteps, Registry, TopicRef, WorkflowRef
 
-Marker = ModuleRef | WorkflowRef | NestedSteps
+Marker = ModuleRef | TopicRef | WorkflowRef | NestedSteps
 
 
 def annotation_markers(annotation: Any) -> list[Marker]:
@@ -93,7 +93,11 @@ class ReferenceChecker:
                     continue  # nested steps are parsed and checked as steps of their own
                 sub, sub_path = getattr(value, name), (*path, info.alias or name)
                 for marker in markers[name]:
-                    self._check(marker, sub, sub_path, to_yaml, result)
+                    if isinstance(marker, TopicRef):
+                        self._check_topic(marker, sub, getattr(value, marker.module_field), path=sub_path,
+                                          to_yaml=to_yaml, result=result)
+                    else:
+                        self._check(marker, sub, sub_path, to_yaml, result)
                 self._walk(sub, sub_path, to_yaml, result)
         elif isinstance(value, list | tuple):
             for i, item in enumerate(value):
@@ -119,6 +123,19 @@ class ReferenceChecker:
                 message = f"unknown workflow '{name}'{did_you_mean(name, self._workflows)}"
             if message is not None:
                 result.issues.append(self._locator.issue(to_yaml(where), message))
+
+    def _check_topic(self, marker: TopicRef, topic: Any, module: Any, *, path: Path, to_yaml: ToYaml,
+                     result: RefResult) -> None:
+        """A literal topic in the syntax of the broker its sibling field names (templates are checked when
+        they render; a module that is unknown or not a broker is reported by its own field)."""
+        if not isinstance(topic, str) or "{{" in topic or not isinstance(module, str):
+            return
+        spec = self._registry.modules.get(self._module_types.get(module, ""))
+        if spec is None or spec.check_topic is None:
+            return
+        problem = spec.check_topic(topic, pattern=marker.pattern)
+        if problem is not None:
+            result.issues.append(self._locator.issue(to_yaml(path), f"{problem} ({spec.type} module '{module}')"))
 
     def _module_problem(self, name: str, marker: ModuleRef) -> str | None:
         if name not in self._module_types:

@@ -20,6 +20,15 @@ class ModuleRef:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicRef:
+    """Field metadata: the field is a topic of the broker module named by the sibling field `module_field`,
+    checked against that broker type's syntax (`ModuleSpec.check_topic`); `pattern`: wildcards allowed."""
+
+    module_field: str = "broker"
+    pattern: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowRef:
     """Field metadata: the field names a workflow of the same config."""
 
@@ -38,6 +47,9 @@ class ModuleSpec:
     config_model: builtins.type[BaseModel]
     factory: Callable[..., Any]
     summary: str
+    # Brokers: `check_topic(topic, pattern=...)`, why a topic (a pattern when `pattern`) is not valid in this
+    # broker's syntax, or None (the broker class's own check, which it also runs at start).
+    check_topic: Callable[..., str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from workflow_engine.config.models import MessageErrorPolicy, Strict
 from workflow_engine.errors import AdmissionError, WorkflowEngineError
 from workflow_engine.modules.broker.base import Broker, reraise_if_cancelled
 from workflow_engine.modules.broker.message import Message
-from workflow_engine.registry.specs import ModuleRef, TriggerSpec
+from workflow_engine.registry.specs import ModuleRef, TopicRef, TriggerSpec
 from workflow_engine.runtime.execution import Execution, ExecutionStatus
 from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
 
@@ -36,8 +36,9 @@ DEFAULT_POLICY = MessageErrorPolicy()
 
 class MessageTriggerConfig(Strict):
     broker: Annotated[str, ModuleRef(("broker",))] = Field(description="The broker module to consume from.")
-    topic: str = Field(description="Topic to consume, in the broker's syntax (NATS-style wildcards `*` and `>` "
-                       "where the broker has them).")
+    topic: Annotated[str, TopicRef(pattern=True)] = Field(
+        description="Topic to consume, in the broker's syntax (wildcards: NATS and memory `*` and `>`, RabbitMQ "
+        "`*` and `#`, MQTT `+` and `#`; Redis none).")
     group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Consumer group: replicas in the "
                               "same group share the messages (default: the workflow's name).")
     max_in_flight: int = Field(64, ge=1, le=100_000, description="Messages taken and not yet settled at most; "

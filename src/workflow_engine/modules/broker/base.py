@@ -183,7 +183,8 @@ class Broker(Module, abc.ABC):
         """Messages of `topic` the group has not acknowledged, or None when the broker cannot tell."""
         return None
 
-    def check_topic(self, topic: str, *, pattern: bool) -> str | None:
+    @classmethod
+    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         """Why `topic` is not usable here (a pattern when `pattern`), or None."""
         problem = validate_pattern(topic)
         if problem is None and not pattern and ("*" in topic.split(".") or topic.endswith(">")):

@@ -208,6 +208,7 @@ SPEC = ModuleSpec(
     kind="broker",
     config_model=MemoryBrokerConfig,
     factory=MemoryBroker,
+    check_topic=MemoryBroker.check_topic,
     summary="In-process bounded broker with consumer groups, acks, redelivery and dead letters (tests, one node; "
             "messages do not survive a restart).",
 )

@@ -234,7 +234,8 @@ class MqttBroker(Broker):
     def keep_for(self, topic: str, group: str) -> None:
         self._groups.setdefault(self.session_id(topic, group), (topic, group))
 
-    def check_topic(self, topic: str, *, pattern: bool) -> str | None:
+    @classmethod
+    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic) or topic.startswith("$"):
             return (f"invalid topic {topic!r}: use '/'-separated levels of letters, digits, '_', '-' and '.', "
                     "'+' for one level and '#' last for the rest")
@@ -438,6 +439,7 @@ SPEC = ModuleSpec(
     kind="broker",
     config_model=MqttBrokerConfig,
     factory=MqttBroker,
+    check_topic=MqttBroker.check_topic,
     summary="MQTT 5: QoS 1, shared subscriptions $share/<group>/<topic> in persistent sessions, manual PUBACK, "
             "retries republished with x-delivery-count, dead letters to <topic>.dlq.",
 )

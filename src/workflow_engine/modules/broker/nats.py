@@ -275,6 +275,7 @@ SPEC = ModuleSpec(
     kind="broker",
     config_model=NatsBrokerConfig,
     factory=NatsBroker,
+    check_topic=NatsBroker.check_topic,
     summary="NATS JetStream: one stream, durable pull consumers per group, explicit acks, NAK with delay, dead "
             "letters to <topic>.dlq.",
 )

@@ -193,7 +193,8 @@ class RabbitMqBroker(Broker):
         if (topic, group) not in self._kept:
             self._kept.append((topic, group))
 
-    def check_topic(self, topic: str, *, pattern: bool) -> str | None:
+    @classmethod
+    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic):
             return (f"invalid topic {topic!r}: use dot-separated words of letters, digits, '_' and '-', "
                     "'*' for one word and '#' for any number of words")
@@ -391,6 +392,7 @@ SPEC = ModuleSpec(
     kind="broker",
     config_model=RabbitMqBrokerConfig,
     factory=RabbitMqBroker,
+    check_topic=RabbitMqBroker.check_topic,
     summary="RabbitMQ: a durable topic exchange, one durable queue per consumer group and pattern, prefetch = "
             "max_in_flight, publisher confirms, retries republished with x-delivery-count, dead letters to "
             "<topic>.dlq.",

@@ -63,7 +63,8 @@ class RedisBroker(Broker):
         self.consumer_name = config.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-8:]}"
         self.client: aioredis.Redis | None = None
 
-    def check_topic(self, topic: str, *, pattern: bool) -> str | None:
+    @classmethod
+    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         if not topic or any(c in topic for c in "*> "):
             return f"invalid topic {topic!r}: Redis Streams topics are stream keys, without wildcards"
         return None
@@ -240,6 +241,7 @@ SPEC = ModuleSpec(
     kind="broker",
     config_model=RedisBrokerConfig,
     factory=RedisBroker,
+    check_topic=RedisBroker.check_topic,
     summary="Redis Streams: consumer groups, XACK, XAUTOCLAIM of stuck entries, delivery counts from XPENDING, "
             "dead letters to the stream <topic>.dlq.",
 )

@@ -13,7 +13,7 @@ from workflow_engine.durations import Duration
 from workflow_engine.errors import BrokerError, FailError, StepError
 from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.eventbus.memory import validate_pattern
-from workflow_engine.registry.specs import ModuleRef, StepSpec, WorkflowRef
+from workflow_engine.registry.specs import ModuleRef, StepSpec, TopicRef, WorkflowRef
 from workflow_engine.runtime.execution import ExecutionStatus, Response
 from workflow_engine.runtime.parking import Parked
 from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, SyncStep, step_attempt, step_key
@@ -146,7 +146,8 @@ class SubWorkflowStep(Step):
 
 
 class PublishConfig(Strict):
-    topic: str = Field(description="Topic to publish to (dot-separated; templates allowed).")
+    topic: Annotated[str, TopicRef()] = Field(description="Topic to publish to (templates allowed): the event "
+                                              "bus's dot-separated topics, or the `broker`'s own syntax.")
     message: Any = Field(None, description="The event data (templates allowed).")
     headers: dict[str, str] = Field(default_factory=dict, description="Event headers (templates allowed).")
     broker: Annotated[str | None, ModuleRef(("broker",))] = Field(
@@ -160,7 +161,8 @@ class PublishConfig(Strict):
 
 class PublishStep(Step):
     def __init__(self, config: PublishConfig, build: StepBuilder) -> None:
-        if "{{" not in config.topic and (problem := validate_pattern(config.topic)):
+        # A broker's topic is checked in its own syntax by the config's reference check (TopicRef).
+        if config.broker is None and "{{" not in config.topic and (problem := validate_pattern(config.topic)):
             build.issue("publish.topic", problem)
         self.topic = build.compile(config.topic, "publish.topic")
         self.message = build.compile(config.message, "publish.message")
