@@ -6,14 +6,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from workflow_engine.cli_output import fail, format_duration, format_time, print_result, read_text_or_fail
 
 DEFAULT_SERVER = "http://127.0.0.1:8081"
 FINISHED = ("success", "error", "cancelled")
@@ -90,11 +90,6 @@ def _reason(err: httpx.HTTPError) -> str:
     return getattr(cause, "strerror", None) or str(cause) or "connection failed"
 
 
-def fail(message: str) -> NoReturn:
-    """Print `message` as an error and exit 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
 
 # -- commands ---------------------------------------------------------------------------------------------------
 
@@ -125,7 +120,7 @@ def trigger(
     with api_client(server, token, timeout=timeout + 10) as api:
         summary = api.call("POST", f"/api/workflows/{name}/executions", content=body, headers=headers,
                            params=params).json()
-    _print(summary, as_json, _execution_table)
+    print_result(summary, as_json, _execution_table)
     if wait and summary["status"] in ("error", "cancelled"):
         raise typer.Exit(1)
 
@@ -147,7 +142,7 @@ def executions_ls(
               if v is not None}
     with api_client(server, token) as api:
         page = api.call("GET", "/api/executions", params=params).json()
-    _print(page, as_json, _page_table)
+    print_result(page, as_json, _page_table)
 
 
 @executions_app.command("show")
@@ -160,7 +155,7 @@ def executions_show(
     """Show an execution with its steps."""
     with api_client(server, token) as api:
         detail = api.call("GET", f"/api/executions/{execution_id}").json()
-    _print(detail, as_json, _detail_tables)
+    print_result(detail, as_json, _detail_tables)
 
 
 @executions_app.command("cancel")
@@ -173,7 +168,7 @@ def executions_cancel(
     """Cancel a queued, running or parked execution."""
     with api_client(server, token) as api:
         summary = api.call("POST", f"/api/executions/{execution_id}/cancel").json()
-    _print(summary, as_json, _execution_table)
+    print_result(summary, as_json, _execution_table)
 
 
 @executions_app.command("retry")
@@ -186,7 +181,7 @@ def executions_retry(
     """Run a failed or cancelled execution again from its failed step."""
     with api_client(server, token) as api:
         summary = api.call("POST", f"/api/executions/{execution_id}/retry").json()
-    _print(summary, as_json, _execution_table)
+    print_result(summary, as_json, _execution_table)
 
 
 @config_app.command("apply")
@@ -197,10 +192,7 @@ def config_apply(
     as_json: JsonOption = False,
 ) -> None:
     """Apply a config to the running engine without a restart; a bad one is refused with its issues."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        fail(f"cannot read {file}: {err}")
+    text = read_text_or_fail(file)
     with api_client(server, token, timeout=120) as api:
         response = api.call("PUT", "/api/config", content=text.encode(), headers={"Content-Type": "text/yaml"},
                             ok=(422,))
@@ -229,34 +221,6 @@ def hash_token() -> None:
     typer.echo(argon2_hash(token))
 
 
-# -- output -----------------------------------------------------------------------------------------------------
-
-
-def _print(data: dict[str, Any], as_json: bool, render: Any) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    # Piped output is not cut to 80 columns: ids and cursors must survive `| grep` and `| awk`.
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    for item in render(data):
-        if isinstance(item, str):
-            typer.echo(item)
-        else:
-            console.print(item)
-
-
-def _time(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(start: float | None, end: float | None) -> str:
-    if start is None or end is None:
-        return "-"
-    seconds = end - start
-    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
-
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
@@ -268,8 +232,8 @@ def _execution_table(summary: dict[str, Any]) -> list[Any]:
     table.add_column(overflow="fold")
     rows = [("id", summary["id"]), ("workflow", summary["workflow"]), ("status", summary["status"]),
             ("trigger", summary["trigger"]), ("attempt", str(summary["attempt"])),
-            ("created", _time(summary["created_at"]) + " UTC"),
-            ("duration", _duration(summary.get("started_at"), summary.get("finished_at")))]
+            ("created", format_time(summary["created_at"]) + " UTC"),
+            ("duration", format_duration(summary.get("started_at"), summary.get("finished_at")))]
     if summary.get("idempotency_key"):
         rows.append(("idempotency key", summary["idempotency_key"]))
     if summary["status"] in FINISHED:
@@ -287,7 +251,7 @@ def _page_table(page: dict[str, Any]) -> list[Any]:
         table.add_column(name, no_wrap=True, overflow="ellipsis")
     for item in page["items"]:
         table.add_row(item["id"], item["workflow"], item["status"], item["trigger"], str(item["attempt"]),
-                      _time(item["created_at"]), _duration(item.get("started_at"), item.get("finished_at")))
+                      format_time(item["created_at"]), format_duration(item.get("started_at"), item.get("finished_at")))
     out: list[Any] = [table]
     if page.get("next_cursor"):
         out.append(f"more: --cursor {page['next_cursor']}")
@@ -302,6 +266,6 @@ def _detail_tables(detail: dict[str, Any]) -> list[Any]:
     for step in detail.get("steps", []):
         error = step.get("error") or {}
         steps.add_row(step["step"], step["status"], str(step.get("attempt", 1)),
-                      _duration(step.get("started_at"), step.get("finished_at")),
+                      format_duration(step.get("started_at"), step.get("finished_at")),
                       error.get("message", "") if isinstance(error, dict) else str(error))
     return [*_execution_table(detail), "", steps]

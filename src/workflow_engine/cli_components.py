@@ -8,16 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from workflow_engine.cli_client import (
-    DEFAULT_SERVER,
-    JsonOption,
-    ServerOption,
-    TokenOption,
-    _print,
-    _time,
-    api_client,
-    fail,
-)
+from workflow_engine.cli_client import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, api_client
+from workflow_engine.cli_output import format_time, print_result, read_text_or_fail
 
 components_app = typer.Typer(name="components", help="List dynamic components, upload or remove their source.",
                              no_args_is_help=True)
@@ -37,7 +29,7 @@ def components_ls(
     """List dynamic components: version, status, origin, load time and the last refused version."""
     with api_client(server, token) as api:
         body = api.call("GET", "/api/dynamic/components").json()
-    _print(body, as_json, _table)
+    print_result(body, as_json, _table)
 
 
 @components_app.command("push")
@@ -49,14 +41,11 @@ def components_push(
     as_json: JsonOption = False,
 ) -> None:
     """Upload a component's source: checked, then swapped in without restart (it wins over the file until rm)."""
-    try:
-        source = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        fail(f"cannot read {file}: {err}")
+    source = read_text_or_fail(file)
     with api_client(server, token, timeout=120) as api:
         body = api.call("PUT", f"/api/dynamic/components/{name}", content=source.encode(),
                         headers={"Content-Type": "text/x-python"}).json()
-    _print(body, as_json, lambda b: [f"{name}: version {b.get('version')} active (from {file})"])
+    print_result(body, as_json, lambda b: [f"{name}: version {b.get('version')} active (from {file})"])
 
 
 @components_app.command("rm")
@@ -69,7 +58,7 @@ def components_rm(
     """Remove a component's uploaded source: its configured file serves again."""
     with api_client(server, token) as api:
         body = api.call("DELETE", f"/api/dynamic/components/{name}").json()
-    _print(body, as_json, lambda b: [f"{name}: upload removed; status {b['status']}"
+    print_result(body, as_json, lambda b: [f"{name}: upload removed; status {b['status']}"
                                      + (f", version {b['version']} from the file" if b.get("version") else "")])
 
 
@@ -80,6 +69,6 @@ def _table(body: dict[str, Any]) -> list[Any]:
     for item in body["items"]:
         error = item.get("last_error") or {}
         table.add_row(item["name"], item["status"], str(item.get("version") or "-"), item.get("origin") or "-",
-                      item["isolation"], _time(item.get("loaded_at")), str(item["versions_held"]),
+                      item["isolation"], format_time(item.get("loaded_at")), str(item["versions_held"]),
                       error.get("message", ""))
     return [table]

@@ -189,3 +189,18 @@ def test_hash_token_prints_an_argon2_hash_of_stdin() -> None:
     assert PasswordHasher().verify(hashed, "s3cret-token")
     empty = CliRunner().invoke(app, ["hash-token"], input="\n")
     assert empty.exit_code == 1
+
+
+@pytest.mark.parametrize("command", [["config", "apply"], ["components", "push", "pricing"]])
+def test_a_file_that_cannot_be_read_is_named_before_any_request(command: list[str], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    nowhere = f"http://127.0.0.1:{free_port()}"  # never reached: the file is read first
+    result = CliRunner().invoke(app, [*command, str(missing), "--server", nowhere, "--token", TOKEN])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot read {missing}: ")
+    assert "No such file" in result.stderr
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    result = CliRunner().invoke(app, [*command, str(binary), "--server", nowhere, "--token", TOKEN])
+    assert result.exit_code == 1
+    assert f"cannot read {binary}: 'utf-8' codec can't decode" in result.stderr
