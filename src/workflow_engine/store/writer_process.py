@@ -19,28 +19,22 @@ it cannot be started, dies, or finds the database locked for a second, `WriterPr
 itself (`INSERT OR IGNORE`: rows the child committed before it died are not inserted twice) and starts a new
 child for the next batch.
 
-    python -m workflow_engine.store.writer_process DATABASE_PATH    (run by WriterProcess, not by hand)
+The child's side is `writer_child.py` (stdlib only, so it starts in a few tens of milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-# The child's connection: WAL is already set on the file by the engine's own connection, and synchronous=NORMAL
-# matches it (no fsync per commit in WAL). It waits a second for another writer (the engine's group commits, a
-# replica on the same file); a batch still locked out then is written by the store's own thread, which takes
-# its turn among the engine's writes instead of racing them for the lock (and summary rows never wait long).
-CHILD_PRAGMAS = ("PRAGMA busy_timeout=1000", "PRAGMA synchronous=NORMAL")
+from workflow_engine.store.writer_child import BUSY
+
 STOP_TIMEOUT = 5.0
-BUSY = "busy: "  # the prefix of a refusal for want of the write lock (the rows themselves were fine)
 
 
 class WriterGone(Exception):
@@ -114,7 +108,7 @@ class WriterProcess:
             await self._discard()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "workflow_engine.store.writer_process", self.database,
+                sys.executable, "-m", "workflow_engine.store.writer_child", self.database,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
@@ -138,42 +132,3 @@ class WriterProcess:
 
 class StoreRowsRefusedError(RuntimeError):
     """SQLite refused a batch in the child (constraint, disk full, ...); the transaction was rolled back."""
-
-
-def insert_sql(columns: Sequence[str], *, or_ignore: bool = False) -> str:
-    """The INSERT statement of one summary row (both the child and the store's own fallback use it)."""
-    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
-    return f"{verb} INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
-def serve(database: str, stdin: Any, stdout: Any) -> int:
-    """The child's loop: commit each batch read from `stdin`, answer on `stdout`, until end of input."""
-    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    try:
-        for pragma in CHILD_PRAGMAS:
-            conn.execute(pragma)
-        header = stdin.readline()
-        if not header:
-            return 0
-        statement = insert_sql(json.loads(header))
-        for line in stdin:
-            seq, rows = json.loads(line)
-            error = None
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(statement, rows)
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-                error = f"{BUSY if busy else ''}{type(exc).__name__}: {exc}"
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            stdout.write(json.dumps([seq, error]).encode() + b"\n")
-            stdout.flush()
-        return 0
-    finally:
-        conn.close()
-
-
-if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer))
