@@ -139,3 +139,23 @@ async def test_a_batch_locked_out_of_the_child_is_written_by_the_store_thread(tm
         assert len(await listed_ids(store)) == 5
     finally:
         await store.close()
+
+
+async def test_a_child_that_stops_answering_is_killed_and_its_batch_written_by_the_thread(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    try:
+        await store.create_executions(summaries("a", 2))
+        pid = writer.pid
+        assert pid is not None
+        writer.answer_timeout = 0.5
+        os.kill(pid, signal.SIGSTOP)  # alive but silent
+        await store.create_executions(summaries("b", 2))
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped
+        assert await listed_ids(store) == ["a0", "a1", "b0", "b1"]
+        await store.create_executions(summaries("c", 1))
+        assert writer.started == 2
+    finally:
+        await store.close()

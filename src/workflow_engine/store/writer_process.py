@@ -14,10 +14,9 @@ End of input: the child exits. The child opens its own connection to the same fi
 connection keeps reading and writing; the busy timeout orders the writers).
 
 The child is started on the first batch, so engines and tests that never write summary rows start none. When
-it cannot be started, dies, or finds the database locked for a second, `WriterProcess.insert` raises
-`WriterGone`; the store then writes that batch
-itself (`INSERT OR IGNORE`: rows the child committed before it died are not inserted twice) and starts a new
-child for the next batch.
+it cannot be started, dies, does not answer within 30 s, or finds the database locked for a second,
+`WriterProcess.insert` raises `WriterGone`; the store then writes that batch itself (`INSERT OR IGNORE`: rows
+the child committed before it failed are not inserted twice) and starts a new child for the next batch.
 
 The child's side is `writer_child.py` (stdlib only, so it starts in a few tens of milliseconds).
 """
@@ -35,6 +34,9 @@ import orjson
 from workflow_engine.store.writer_child import BUSY
 
 STOP_TIMEOUT = 5.0
+# A child that has not answered a batch in this long (a stalled disk, a stopped process) is killed and the batch
+# written by the store's thread; its busy timeout alone keeps a healthy child far below this.
+ANSWER_TIMEOUT = 30.0
 
 
 class WriterGone(Exception):
@@ -51,6 +53,7 @@ class WriterProcess:
         self._seq = 0
         self._lock = asyncio.Lock()
         self.started = 0  # children started so far (a restart after a crash counts)
+        self.answer_timeout = ANSWER_TIMEOUT
 
     async def insert(self, rows: Sequence[Sequence[Any]]) -> None:
         """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefused (a
@@ -63,10 +66,14 @@ class WriterProcess:
             try:
                 proc.stdin.write(orjson.dumps([self._seq, rows]) + b"\n")
                 await proc.stdin.drain()
-                line = await proc.stdout.readline()
+                line = await asyncio.wait_for(proc.stdout.readline(), self.answer_timeout)
             except (OSError, ValueError) as exc:  # broken pipe, or an answer longer than the stream's limit
                 await self._discard()
                 raise WriterGone(f"summary writer process failed: {exc}") from exc
+            except TimeoutError:
+                await self._discard()
+                raise WriterGone(f"summary writer process did not answer within {self.answer_timeout:g}s; "
+                                 "killed") from None
             if not line:
                 code = await self._discard()
                 raise WriterGone(f"summary writer process exited (code {code})")
