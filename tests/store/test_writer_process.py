@@ -159,3 +159,43 @@ async def test_a_child_that_stops_answering_is_killed_and_its_batch_written_by_t
         assert writer.started == 2
     finally:
         await store.close()
+
+
+async def test_a_child_that_cannot_start_turns_the_process_off_once(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    writer.python = str(tmp_path / "no-such-python")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await store.create_executions(summaries("a", 2))
+            await store.create_executions(summaries("b", 2))
+        assert store.summary_writer is None  # the thread writes from now on
+        assert writer.disabled is not None
+        assert "could not start" in writer.disabled
+        turned_off = [e for e in logs if e["event"].startswith("summary writer process turned off")]
+        assert len(turned_off) == 1
+        assert turned_off[0]["log_level"] == "error"
+        assert await listed_ids(store) == ["a0", "a1", "b0", "b1"]
+    finally:
+        await store.close()
+
+
+async def test_a_child_that_keeps_dying_is_given_up_after_max_children(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    writer.max_children = 2
+    try:
+        for batch in "abc":
+            await store.create_executions(summaries(batch, 1))
+            if writer.pid is not None:
+                os.kill(writer.pid, signal.SIGKILL)
+        for batch in "de":  # the killed child is found dead by the first, the third start refused by one of them
+            await store.create_executions(summaries(batch, 1))
+        assert writer.started == 2
+        assert store.summary_writer is None
+        assert writer.disabled == "summary writer process started 2 times"
+        assert await listed_ids(store) == ["a0", "b0", "c0", "d0", "e0"]
+    finally:
+        await store.close()

@@ -67,6 +67,7 @@ class SqlStore(Store):
         database = target.sa_url.database if target.dialect == "sqlite" else None
         self.summary_writer = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
                                if summary_process and database and database != ":memory:" else None)
+        self._writer_used = self.summary_writer is not None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -200,8 +201,8 @@ class SqlStore(Store):
                 rows = [_row(r) for r in records]
                 if await self._insert_by_process(rows):
                     return
-                # A child that died may have committed the batch first: ignore rows already there.
-                retry = self.summary_writer is not None
+                # A child that failed may have committed the batch first: ignore rows already there.
+                retry = self.summary_writer is not None or self._writer_used
                 await runner.transaction(lambda conn: _insert_sqlite(conn, rows, or_ignore=retry))
             else:
                 params = [dict(vars(r)) for r in records]
@@ -216,8 +217,14 @@ class SqlStore(Store):
         try:
             await writer.insert(rows)
         except WriterGone as exc:
-            _log.warning("summary writer process unavailable; the store's thread writes the batch",
-                         store=self.url, rows=len(rows), error=str(exc))
+            if writer.disabled is not None:  # said once: from now on the thread writes every batch
+                self.summary_writer = None
+                await writer.close()
+                _log.error("summary writer process turned off; the store's thread writes summary rows",
+                           store=self.url, reason=writer.disabled)
+            else:
+                _log.warning("summary writer process unavailable; the store's thread writes the batch",
+                             store=self.url, rows=len(rows), error=str(exc))
             return False
         except StoreRowsRefusedError as exc:
             raise StoreError(f"store create_executions failed ({self.url}): {exc}") from exc

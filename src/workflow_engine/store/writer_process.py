@@ -4,7 +4,8 @@ Why a process: on the store's thread, the Python half of every summary batch (SQ
 binding thousands of parameters) holds the GIL the event loop needs, and each of the loop's socket syscalls
 hands the GIL to that thread and waits to get it back. Measured over the wire (bench/RESULTS.md, 2026-12-02),
 a `durable: false` HTTP route serves 16 % more requests with the rows written here than on the thread; the rows'
-own SQLite work is a small part of that. A process has its own GIL: the loop only serialises the rows (orjson) and writes them to a pipe.
+own SQLite work is a small part of that. A process has its own GIL: the loop only serialises the rows (orjson)
+and writes them to a pipe.
 
 Protocol, one JSON document per line: the parent's first line is the column list, then every line is
 `[seq, rows]` (rows: arrays in column order, JSON columns already as text); the child answers each with
@@ -16,7 +17,8 @@ connection keeps reading and writing; the busy timeout orders the writers).
 The child is started on the first batch, so engines and tests that never write summary rows start none. When
 it cannot be started, dies, does not answer within 30 s, or finds the database locked for a second,
 `WriterProcess.insert` raises `WriterGone`; the store then writes that batch itself (`INSERT OR IGNORE`: rows
-the child committed before it failed are not inserted twice) and starts a new child for the next batch.
+the child committed before it failed are not inserted twice) and starts a new child for the next batch. A child
+that cannot be started, or a tenth one, turns the process off for the store's life (`disabled` says why).
 
 The child's side is `writer_child.py` (stdlib only, so it starts in a few tens of milliseconds).
 """
@@ -37,6 +39,9 @@ STOP_TIMEOUT = 5.0
 # A child that has not answered a batch in this long (a stalled disk, a stopped process) is killed and the batch
 # written by the store's thread; its busy timeout alone keeps a healthy child far below this.
 ANSWER_TIMEOUT = 30.0
+# Children started per store before the store gives up on them (a child that keeps dying, a broken install):
+# from then on, and when a child cannot be started at all, the store's thread writes every batch.
+MAX_CHILDREN = 10
 
 
 class WriterGone(Exception):
@@ -54,6 +59,9 @@ class WriterProcess:
         self._lock = asyncio.Lock()
         self.started = 0  # children started so far (a restart after a crash counts)
         self.answer_timeout = ANSWER_TIMEOUT
+        self.max_children = MAX_CHILDREN
+        self.python = sys.executable
+        self.disabled: str | None = None  # why no child is started any more
 
     async def insert(self, rows: Sequence[Sequence[Any]]) -> None:
         """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefused (a
@@ -113,13 +121,18 @@ class WriterProcess:
             return proc
         if proc is not None:
             await self._discard()
+        if self.disabled is None and self.started >= self.max_children:
+            self.disabled = f"summary writer process started {self.started} times"
+        if self.disabled is not None:
+            raise WriterGone(self.disabled)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "workflow_engine.store.writer_child", self.database,
+                self.python, "-m", "workflow_engine.store.writer_child", self.database,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            raise WriterGone(f"summary writer process could not start: {exc}") from exc
+            self.disabled = f"summary writer process could not start: {exc}"
+            raise WriterGone(self.disabled) from exc
         self._proc = proc
         self.started += 1
         assert proc.stdin is not None
