@@ -199,3 +199,40 @@ async def test_a_child_that_keeps_dying_is_given_up_after_max_children(tmp_path:
         assert await listed_ids(store) == ["a0", "b0", "c0", "d0", "e0"]
     finally:
         await store.close()
+
+
+async def test_the_fallback_skips_rows_a_failed_child_committed_before_it_died(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    try:
+        await store.create_executions(summaries("a", 1))
+        pid = writer.pid
+        assert pid is not None
+        # As if the child had committed b0 and b1, then died before it answered.
+        batch = summaries("b", 3)
+        other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        for row_id in ("b0", "b1"):
+            other.execute("INSERT INTO executions (id, workflow, trigger, status, attempt, created_at, updated_at, "
+                          "durable) SELECT ?, workflow, trigger, status, attempt, created_at, updated_at, durable "
+                          "FROM executions WHERE id = 'a0'", (row_id,))
+        other.close()
+        os.kill(pid, signal.SIGKILL)
+        await store.create_executions(batch)  # through the store's thread: b0, b1 skipped, b2 inserted
+        assert await listed_ids(store) == ["a0", "b0", "b1", "b2"]
+        b2 = await store.get_execution("b2")
+        assert b2 is not None
+        assert b2.output == {"n": 2}
+    finally:
+        await store.close()
+
+
+async def test_without_a_failed_child_the_store_thread_still_refuses_duplicate_rows(tmp_path: Path) -> None:
+    store = SqlStore(parse_store_url(f"sqlite:///{tmp_path / 's.db'}"), summary_process=False)
+    await store.open()
+    try:
+        await store.create_executions(summaries("a", 1))
+        with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+            await store.create_executions(summaries("a", 1))
+    finally:
+        await store.close()

@@ -67,7 +67,6 @@ class SqlStore(Store):
         database = target.sa_url.database if target.dialect == "sqlite" else None
         self.summary_writer = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
                                if summary_process and database and database != ":memory:" else None)
-        self._writer_used = self.summary_writer is not None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -199,21 +198,24 @@ class SqlStore(Store):
                 # The rows are built here, on the event loop: built on the store's thread, that Python work
                 # made the loop wait for the GIL (more than it costs here).
                 rows = [_row(r) for r in records]
-                if await self._insert_by_process(rows):
+                by_process = await self._insert_by_process(rows)
+                if by_process:
                     return
-                # A child that failed may have committed the batch first: ignore rows already there.
-                retry = self.summary_writer is not None or self._writer_used
-                await runner.transaction(lambda conn: _insert_sqlite(conn, rows, or_ignore=retry))
+                # After a child failed (by_process False) it may have committed the batch first: rows already
+                # there (same id) are skipped; any other constraint still fails the batch.
+                retry = by_process is False
+                await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry))
             else:
                 params = [dict(vars(r)) for r in records]
                 statement = self._q.insert_execution
                 await runner.transaction(lambda conn: conn.execute(statement, params))
 
-    async def _insert_by_process(self, rows: list[tuple[Any, ...]]) -> bool:
-        """Commit summary rows through the helper process; False when the store must write them itself."""
+    async def _insert_by_process(self, rows: list[tuple[Any, ...]]) -> bool | None:
+        """Commit summary rows through the helper process: True once done; False when the helper failed and
+        the store must write them itself; None when there is no helper."""
         writer = self.summary_writer
         if writer is None:
-            return False
+            return None
         try:
             await writer.insert(rows)
         except WriterGone as exc:
@@ -420,13 +422,13 @@ _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0
 
 
 @functools.cache
-def _insert_sqlite_sql(rows: int, or_ignore: bool) -> str:
+def _insert_sqlite_sql(rows: int, skip_existing: bool) -> str:
     values = f"({', '.join('?' * len(_EXECUTION_COLUMNS))})"
-    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
-    return f"{verb} INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}"
+    upsert = " ON CONFLICT (id) DO NOTHING" if skip_existing else ""
+    return f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}{upsert}"
 
 
-def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, or_ignore: bool = False) -> None:
+def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_existing: bool = False) -> None:
     """Insert summary rows (`_row` tuples) on SQLite, on the store's thread: many rows per statement.
 
     The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
@@ -438,7 +440,7 @@ def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, or_ignor
     for size in _SQLITE_CHUNKS:
         while len(rows) - start >= size:
             chunk = rows[start:start + size]
-            conn.exec_driver_sql(_insert_sqlite_sql(size, or_ignore), tuple(itertools.chain.from_iterable(chunk)))
+            conn.exec_driver_sql(_insert_sqlite_sql(size, skip_existing), tuple(itertools.chain.from_iterable(chunk)))
             start += size
 
 

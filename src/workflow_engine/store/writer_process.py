@@ -16,9 +16,10 @@ connection keeps reading and writing; the busy timeout orders the writers).
 
 The child is started on the first batch, so engines and tests that never write summary rows start none. When
 it cannot be started, dies, does not answer within 30 s, or finds the database locked for a second,
-`WriterProcess.insert` raises `WriterGone`; the store then writes that batch itself (`INSERT OR IGNORE`: rows
-the child committed before it failed are not inserted twice) and starts a new child for the next batch. A child
-that cannot be started, or a tenth one, turns the process off for the store's life (`disabled` says why).
+`WriterProcess.insert` raises `WriterGone`; the store then writes that batch itself (`ON CONFLICT (id) DO
+NOTHING`: rows the child committed before it failed are not inserted twice) and starts a new child for the
+next batch. A child that cannot be started, or a tenth one, turns the process off for the store's life
+(`disabled` says why).
 
 The child's side is `writer_child.py` (stdlib only, so it starts in a few tens of milliseconds).
 """
