@@ -236,3 +236,26 @@ async def test_without_a_failed_child_the_store_thread_still_refuses_duplicate_r
             await store.create_executions(summaries("a", 1))
     finally:
         await store.close()
+
+
+async def test_a_batch_whose_caller_was_cancelled_is_still_committed_by_the_same_child(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.db")
+    writer = store.summary_writer
+    assert writer is not None
+    try:
+        await store.create_executions(summaries("a", 1))  # the child runs
+        pid = writer.pid
+        cancelled = asyncio.create_task(store.create_executions(summaries("b", 200)))
+        await asyncio.sleep(0)  # it has sent the batch and waits for the answer
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await store.create_executions(summaries("c", 1))  # skips the answer meant for the cancelled caller
+        assert writer.pid == pid  # the same child took c: the stale answer was no reason to kill it
+        assert writer.started == 1
+        ids = await listed_ids(store)
+        assert len(ids) == 202
+        assert {"a0", "b0", "b199", "c0"} <= set(ids)
+    finally:
+        await store.close()

@@ -65,8 +65,11 @@ class WriterProcess:
         self.disabled: str | None = None  # why no child is started any more
 
     async def insert(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefused (a
-        RuntimeError) with SQLite's message when it refused them."""
+        """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefusedError
+        with SQLite's message when it refused them.
+
+        A caller cancelled while it waits (shutdown) leaves its batch with the child, which commits it as the
+        store's thread would have; the next call skips that batch's answer."""
         async with self._lock:
             proc = await self._ensure()
             assert proc.stdin is not None
@@ -75,7 +78,7 @@ class WriterProcess:
             try:
                 proc.stdin.write(orjson.dumps([self._seq, rows]) + b"\n")
                 await proc.stdin.drain()
-                line = await asyncio.wait_for(proc.stdout.readline(), self.answer_timeout)
+                line = await asyncio.wait_for(self._answer(proc.stdout), self.answer_timeout)
             except (OSError, ValueError) as exc:  # broken pipe, or an answer longer than the stream's limit
                 await self._discard()
                 raise WriterGone(f"summary writer process failed: {exc}") from exc
@@ -94,6 +97,14 @@ class WriterProcess:
                 if error.startswith(BUSY):
                     raise WriterGone(f"summary writer process found the database locked: {error}")
                 raise StoreRowsRefusedError(str(error))
+
+    async def _answer(self, stdout: asyncio.StreamReader) -> bytes:
+        """The child's answer to the current batch (b"" at end of output); answers to batches whose callers
+        were cancelled before reading them come first and are skipped."""
+        while True:
+            line = await stdout.readline()
+            if not line or orjson.loads(line)[0] >= self._seq:
+                return line
 
     async def close(self) -> None:
         """End the child after its last batch (it exits at end of input); kill it if it does not."""
