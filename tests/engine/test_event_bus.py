@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -49,21 +49,36 @@ unused:
 
 @pytest.fixture(params=list(HARNESSES))
 async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    harness = HARNESSES[request.param]()
+    async with cluster_on(request.param, tmp_path) as made:
+        yield made
+
+
+@pytest.fixture(params=["rabbitmq", "mqtt"])
+async def keeping_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A cluster on a broker that keeps messages only for declared groups."""
+    async with cluster_on(request.param, tmp_path) as made:
+        yield made
+
+
+@asynccontextmanager
+async def cluster_on(kind: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    harness = HARNESSES[kind]()
     ns = unique("eb")
     module = {**FAST, **harness.config(ns)}
-    if request.param in ("rabbitmq", "mqtt"):
+    if kind in ("rabbitmq", "mqtt"):
         module["groups"] = []  # nothing declared by hand: the engine declares the bus's groups
     cluster = Cluster(ns, harness.type, module, f"sqlite:///{tmp_path}/store.db")
-    yield cluster
-    if request.param == "rabbitmq":
-        await brokers_rabbitmq.cleanup(ns, BUS_GROUPS)
-    elif request.param == "mqtt":
-        for client_id in cluster.client_ids:
-            for topic, group in BUS_GROUPS:
-                await brokers_mqtt.end_session(client_id, f"{ns}.{topic}", group)
-    elif harness.cleanup is not None:
-        await harness.cleanup(ns)
+    try:
+        yield cluster
+    finally:
+        if kind == "rabbitmq":
+            await brokers_rabbitmq.cleanup(ns, BUS_GROUPS)
+        elif kind == "mqtt":
+            for client_id in cluster.client_ids:
+                for topic, group in BUS_GROUPS:
+                    await brokers_mqtt.end_session(client_id, f"{ns}.{topic}", group)
+        elif harness.cleanup is not None:
+            await harness.cleanup(ns)
 
 
 class Cluster:
@@ -230,3 +245,20 @@ async def _settled(broker: Broker, topic: str, group: str) -> bool:
             "broker_messages_total", {"broker": broker.name, "topic": topic, "direction": "in", "status": "acked"})
         return (acked or 0) >= 2
     return backlog == 0
+
+
+async def test_a_config_apply_declares_the_groups_it_adds_before_their_consumers_start(
+        keeping_cluster: Cluster) -> None:
+    cluster = keeping_cluster
+    async with cluster:
+        engine = await cluster.replica("a", "emit:\n  steps: [{log: none}]\n")
+        await engine.apply_config(cluster.yaml("a", EVENT_WORKFLOWS))
+        # At once, before the new consumers had time to subscribe: with no group declared RabbitMQ and MQTT
+        # refuse the publish (`unroutable: error`); declared by the apply, they keep it for `on-order`.
+        broker = engine.modules["bus"]
+        assert isinstance(broker, Broker)
+        await broker.publish(cluster.topic, {"order": 5}, {TOPIC_HEADER: "orders.created", ID_HEADER: "late-1",
+                                                           "source": "shop"})
+        await wait_for(lambda: finished(engine, "on-order", 1), "on-order ran")
+        (run,) = await records(engine, "on-order")
+        assert run.output == {"order": 5, "source": "shop", "id": "late-1"}

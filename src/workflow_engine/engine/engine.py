@@ -35,7 +35,7 @@ from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.specs import Registry
 from workflow_engine.runtime import maintenance
 from workflow_engine.runtime.execution import Execution
-from workflow_engine.runtime.program import compile_program
+from workflow_engine.runtime.program import CompiledWorkflow, compile_program
 from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.step import Services
@@ -122,9 +122,19 @@ class Engine:
         self.bus.route([*event_patterns(self.program.values()), *self.waiters.topics])
         broker = self.modules.get(self.bus.config.broker)
         if isinstance(broker, Broker):
-            groups = [wf.name for wf in self.program.values() if isinstance(wf.trigger, EventTrigger)]
-            for group in [*groups, *([WAITERS_GROUP] if self.waiters.topics else [])]:
+            for group in _bus_groups(self.program, self.waiters.topics):
                 broker.keep_for(self.bus.config.topic, group)
+
+    async def keep_event_groups(self, program: dict[str, CompiledWorkflow]) -> None:
+        """Before `program` runs (config apply): on RabbitMQ/MQTT, declare the bus's consumer groups it adds now,
+        so that the events published between its routing and its consumers' first subscription are kept."""
+        if not isinstance(self.bus, BrokerEventBus):
+            return
+        broker = self.modules.get(self.bus.config.broker)
+        if not isinstance(broker, Broker):
+            return
+        for group in _bus_groups(program, Waiters(self.runtime, program).topics):
+            await broker.keep(self.bus.config.topic, group)
 
     # -- running ---------------------------------------------------------------------------------------------
 
@@ -251,6 +261,7 @@ class Engine:
             if issues:
                 raise ConfigError(issues)
             version = await self.store.save_config(text, hashlib.sha256(text.encode()).hexdigest())
+            await self.keep_event_groups(program)
             swap_generation(self, app, program)
             self.recorder.config_version = version
             log.info("config applied", version=version, workflows=len(program))
@@ -327,3 +338,10 @@ def _redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def _bus_groups(program: dict[str, CompiledWorkflow], wait_topics: set[str]) -> list[str]:
+    """The consumer groups a broker-backed bus uses for `program`: one per `event`-triggered workflow, and the
+    waiters' group when some `wait_for` waits on the bus."""
+    groups = [wf.name for wf in program.values() if isinstance(wf.trigger, EventTrigger)]
+    return [*groups, *([WAITERS_GROUP] if wait_topics else [])]

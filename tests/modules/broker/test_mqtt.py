@@ -112,3 +112,19 @@ async def test_a_failed_settlement_resumes_the_session_to_get_the_message_back(t
             assert await consumer.quiet_for(0.5) == 0
     assert again.id == first.id == sent
     assert again.delivery_count == 2
+
+
+async def test_keep_on_a_connected_broker_declares_the_group_at_once(ns: str) -> None:
+    """A config apply adding an event-triggered workflow: its session keeps what is published before it consumes."""
+    harness = brokers_mqtt.harness()
+    config = {**harness.config(ns), "groups": []}
+    async with open_broker(harness, ns, config=config) as broker:
+        with pytest.raises(BrokerError, match="no subscription"):
+            await broker.publish(f"{ns}/events", {"n": 0})
+        await broker.keep(f"{ns}/events", "late")
+        await broker.publish(f"{ns}/events", {"n": 1})  # matched: the group's session subscribed before its consumer
+        async with Consumer(broker, f"{ns}/events", "late") as late:
+            got = await late.wait_count(1)
+            await got[0].ack()
+    assert got[0].body == {"n": 1}
+    await brokers_mqtt.end_session(ns, f"{ns}/events", "late")

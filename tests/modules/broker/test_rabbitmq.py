@@ -96,3 +96,19 @@ async def test_a_queue_declared_differently_is_a_config_problem_not_an_outage(ns
         assert not isinstance(caught.value, BrokerUnavailableError)
         assert broker.available
     await brokers_rabbitmq.cleanup(ns, [("other", "g")])
+
+
+async def test_keep_on_a_connected_broker_declares_the_group_at_once(ns: str) -> None:
+    """A config apply adding an event-triggered workflow: its group keeps what is published before it consumes."""
+    harness = brokers_rabbitmq.harness()
+    config = {**harness.config(ns), "groups": []}
+    async with open_broker(harness, ns, config=config) as broker:
+        with pytest.raises(BrokerError, match="no queue is bound"):
+            await broker.publish(f"{ns}.events", {"n": 0})
+        await broker.keep(f"{ns}.events", "late")
+        await broker.publish(f"{ns}.events", {"n": 1})  # routed: the group's queue exists before its consumer
+        async with Consumer(broker, f"{ns}.events", "late") as late:
+            got = await late.wait_count(1)
+            await got[0].ack()
+    assert got[0].body == {"n": 1}
+    await brokers_rabbitmq.cleanup(ns, [("events", "late")])

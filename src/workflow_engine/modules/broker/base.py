@@ -197,6 +197,23 @@ class Broker(Module, abc.ABC):
         messages by themselves (NATS streams, Redis streams, memory) have nothing to do; RabbitMQ and MQTT
         declare the group at connect, like the groups of their `groups` setting."""
 
+    async def keep(self, topic: str, group: str) -> None:
+        """`keep_for`, and on a broker already connected declare the group now (a config apply adding an
+        `event`-triggered workflow: its events are kept from before its consumer starts). A declaration that
+        fails is logged; the group is declared again at the next connect."""
+        self.keep_for(topic, group)
+        if not self.available:  # not connected yet, or reconnecting: the connect declares it
+            return
+        try:
+            await self._declare_kept(topic, group)
+        except Exception as exc:  # supervision boundary: the next connect declares it
+            reraise_if_cancelled(exc)
+            self.ctx.log.warning("consumer group not declared yet; declared at the next connect", topic=topic,
+                                 group=group, error=_reason(exc))
+
+    async def _declare_kept(self, topic: str, group: str) -> None:
+        """Declare a kept group on the live connection (RabbitMQ queue, MQTT session); nothing by default."""
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:

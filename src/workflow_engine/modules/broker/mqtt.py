@@ -234,6 +234,9 @@ class MqttBroker(Broker):
     def keep_for(self, topic: str, group: str) -> None:
         self._groups.setdefault(self.session_id(topic, group), (topic, group))
 
+    async def _declare_kept(self, topic: str, group: str) -> None:
+        await self._declare(topic, group)
+
     @classmethod
     def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic) or topic.startswith("$"):

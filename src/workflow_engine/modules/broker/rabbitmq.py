@@ -193,6 +193,12 @@ class RabbitMqBroker(Broker):
         if (topic, group) not in self._kept:
             self._kept.append((topic, group))
 
+    async def _declare_kept(self, topic: str, group: str) -> None:
+        try:
+            await self._declare_group(topic, group)
+        except _REFUSED as exc:
+            raise BrokerError(f"{self.label}: declaring queue of group '{group}' refused: {_describe(exc)}") from exc
+
     @classmethod
     def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
         if not _TOPIC.match(topic):
