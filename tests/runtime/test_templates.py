@@ -74,6 +74,21 @@ def test_missing_paths_render_as_none(compiler: TemplateCompiler) -> None:
     assert compiler.compile("got {{ input.nothing.deeper }}").render(scope) == "got "
 
 
+def test_a_missing_key_named_like_a_dict_method_is_missing_not_the_method(compiler: TemplateCompiler) -> None:
+    scope = {"input": {"body": {"a": 1}, "headers": {"x-id": "7"}}}
+    for name in ("items", "keys", "values", "get", "copy"):
+        assert compiler.compile(f"{{{{ input.body.{name} }}}}").render(scope) is None  # fast lookup path
+        assert compiler.compile(f"{{{{ input.body.{name} or 'none' }}}}").render(scope) == "none"  # full path
+        assert compiler.compile(f"n={{{{ input.body.{name} }}}}").render(scope) == "n="
+    assert not truthy(compiler.expression("input.body.items").render(scope))
+    assert compiler.compile("{{ now }}").render({}) is None
+    # Called, they are what they always were.
+    assert compiler.compile("{{ input.headers.get('x-id', 'none') }}").render(scope) == "7"
+    assert compiler.compile("{{ input.headers.get('nope', 'none') }}").render(scope) == "none"
+    assert compiler.compile("{{ input.body.items() | list }}").render(scope) == [("a", 1)]
+    assert compiler.compile("at {{ now()[:2] }}").render({}) == "at 20"
+
+
 def test_sandbox_refuses_reaching_python_internals(compiler: TemplateCompiler) -> None:
     value = compiler.compile("{{ ().__class__.__base__.__subclasses__() }}")
     with pytest.raises(StepError) as caught:

@@ -1,7 +1,10 @@
 """Templates: `{{ ... }}` compiled once at load in a sandboxed Jinja2 environment, rendered per execution.
 
 A value that is exactly one `{{ expr }}` keeps its native type; any other string with `{{` renders to a string;
-mappings and lists are compiled item by item and values without templates cost nothing to render.
+mappings and lists are compiled item by item and values without templates cost nothing to render. A missing
+key is undefined (None, or nothing in text) even where a mapping has a method of that name (`input.body.items`
+on a body without `items`), and a function is not data either (`{{ now }}`: None); calling them works
+(`input.headers.get('x', 'none')`, `now()`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from jinja2 import ChainableUndefined, TemplateError, nodes
+from jinja2 import ChainableUndefined, TemplateError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from workflow_engine.errors import StepError
@@ -36,8 +39,24 @@ def _tojson(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class _MissingKey(ChainableUndefined):
+    """`mapping.name` where the mapping has no key `name` but a method of that name: undefined as a value
+    (None, empty in text, `is defined` false, `or` takes the default), the method when called
+    (`headers.get('x', 'none')`, `body.items()`)."""
+
+    __slots__ = ("_method",)
+
+    def __init__(self, method: Callable[..., Any], obj: Any, name: str) -> None:
+        super().__init__(obj=obj, name=name)
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+
 class SandboxEnvironment(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, but `a.b` on a mapping reads the key first (so `body.items` is data)."""
+    """Jinja's immutable sandbox, but `a.b` on a mapping reads the key first (so `body.items` is data), and a
+    missing key is undefined even where the mapping has a method of that name (`_MissingKey`)."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):
@@ -45,12 +64,21 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
                 return obj[attribute]
             except KeyError:
                 pass
+            value = super().getattr(obj, attribute)  # the sandbox refuses unsafe (mutating) methods here
+            if callable(value) and not isinstance(value, Undefined):
+                return _MissingKey(value, obj, attribute)
+            return value
         return super().getattr(obj, attribute)
+
+
+def _data(value: Any) -> Any:
+    """What `{{ }}` in text prints: nothing for a function (a global not called), as for undefined."""
+    return "" if callable(value) else value
 
 
 def make_environment() -> SandboxEnvironment:
     """The sandboxed environment: no access to private attributes, no mutation of data in scope."""
-    env = SandboxEnvironment(undefined=ChainableUndefined, autoescape=False, enable_async=False)
+    env = SandboxEnvironment(undefined=ChainableUndefined, autoescape=False, enable_async=False, finalize=_data)
     env.policies["json.dumps_function"] = lambda value, **_: _tojson(value)
     env.filters["json"] = _tojson
     env.globals["now"] = lambda: datetime.now(UTC).isoformat()
@@ -95,11 +123,12 @@ class Expression(Value):
 
     def render(self, scope: Mapping[str, Any]) -> Any:
         try:
-            return self.fn(scope)
+            value = self.fn(scope)
         except TemplateError as exc:
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
+        return None if callable(value) else value  # a function (a global not called) is not data
 
 
 class Text(Value):
