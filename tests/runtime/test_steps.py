@@ -427,6 +427,22 @@ async def test_respond_sets_the_response_and_the_workflow_goes_on() -> None:
     assert execution.steps["later"]["output"] == {"after_response": True}
 
 
+async def test_a_header_whose_template_gives_null_is_left_out_not_sent_as_none() -> None:
+    async with running_engine(app_yaml("""
+        w:
+          steps:
+            - respond:
+                body: ok
+                headers: {X-Trace: "{{ input.trace }}", X-Count: "{{ input.n }}", X-Fixed: "f"}
+    """)) as engine:
+        without = await engine.start_execution("w", {"n": 3}, wait=True)
+        with_trace = await engine.start_execution("w", {"n": 0, "trace": "t-1"}, wait=True)
+    assert without.response is not None
+    assert without.response.headers == {"X-Count": "3", "X-Fixed": "f"}
+    assert with_trace.response is not None
+    assert with_trace.response.headers == {"X-Trace": "t-1", "X-Count": "0", "X-Fixed": "f"}
+
+
 async def test_respond_refuses_a_status_that_is_not_http() -> None:
     async with running_engine(app_yaml("""
         w:

@@ -6,7 +6,7 @@ import pytest
 
 from tests.factories import config_issues
 from workflow_engine.errors import StepError
-from workflow_engine.runtime.templates import Const, TemplateCompiler, truthy
+from workflow_engine.runtime.templates import Const, TemplateCompiler, header_values, truthy
 
 
 @pytest.fixture
@@ -168,3 +168,7 @@ def test_truthy_false_values(value: object) -> None:
 @pytest.mark.parametrize("value", ["true", "yes", "1", "anything", 1, -1, [0], {"a": None}, True])
 def test_truthy_true_values(value: object) -> None:
     assert truthy(value) is True
+
+
+def test_header_values_leave_out_nulls_and_stringify_the_rest() -> None:
+    assert header_values({"X-A": None, "X-B": 0, "X-C": "c", 7: True}) == {"X-B": "0", "X-C": "c", "7": "True"}

@@ -262,6 +262,12 @@ def _as_lookup(env: SandboxEnvironment, source: str, expression: Expression) -> 
     return Lookup(node.name, tuple(reversed(keys)), expression)
 
 
+def header_values(headers: Mapping[Any, Any]) -> dict[str, str]:
+    """Rendered headers as strings; a header whose template gave null (an absent optional value) is left out
+    instead of being sent as the text 'None'."""
+    return {str(k): str(v) for k, v in headers.items() if v is not None}
+
+
 def truthy(value: Any) -> bool:
     """Template truth: like Python's, but the strings 'false', 'no', 'off', '0' and '' are false."""
     if isinstance(value, str):

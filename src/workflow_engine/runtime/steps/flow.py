@@ -17,6 +17,7 @@ from workflow_engine.registry.specs import ModuleRef, StepSpec, TopicRef, Workfl
 from workflow_engine.runtime.execution import ExecutionStatus, Response
 from workflow_engine.runtime.parking import Parked
 from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, SyncStep, step_attempt, step_key
+from workflow_engine.runtime.templates import header_values
 
 
 class RespondConfig(Strict):
@@ -40,7 +41,7 @@ class RespondStep(SyncStep):
         if not 100 <= code <= 599:
             raise StepError(f"respond status {code} is not an HTTP status", code="invalid_status")
         body = self.body.render(scope)
-        headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
+        headers = header_values(self.headers.render(scope))
         ctx.execution.set_response(Response(code, body, headers))
         return body
 
@@ -172,7 +173,7 @@ class PublishStep(Step):
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         topic = str(self.topic.render(scope))
-        headers = {str(k): str(v) for k, v in self.headers.render(scope).items()}
+        headers = header_values(self.headers.render(scope))
         headers.setdefault("execution_id", ctx.execution.id)
         # Fixed per execution and step: a step re-run after a crash publishes the same id again, which the broker
         # and the consumers' idempotency keys recognise as a duplicate.

@@ -15,6 +15,7 @@ from workflow_engine.modules.http.client import HttpClient
 from workflow_engine.registry.specs import ModuleRef, StepSpec
 from workflow_engine.runtime.circuit_breaker import CircuitBreaker, CircuitBreakerConfig
 from workflow_engine.runtime.step import Scope, Step, StepBuilder, StepContext, step_deadline
+from workflow_engine.runtime.templates import header_values
 
 # Leave the HTTP library a little time to time out on its own before the step's deadline cancels it,
 # so the timeout is counted where it happened (module_operations_total{status="timeout"}).
@@ -58,7 +59,7 @@ class HttpStep(Step):
         started = time.perf_counter()
         try:
             response = await client.request(
-                self.method, str(self.url.render(scope)), headers=self.headers.render(scope),
+                self.method, str(self.url.render(scope)), headers=header_values(self.headers.render(scope)),
                 params=self.query.render(scope), json=self.json.render(scope) if self.json else None,
                 content=str(self.body.render(scope)) if self.body else None, timeout=self._timeout(),
             )
