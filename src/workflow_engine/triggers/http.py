@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -72,6 +73,23 @@ def error_response(status: int, error: dict[str, Any], execution_id: str | None 
     return json_response(status, body, hdrs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A response as the workflow answered it, before route middleware added its headers."""
+
+    expires: float
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    def response(self) -> Response:
+        """A new response object per hit: middleware appends headers (request id, security headers) to the
+        response it gets, which would pile up on one shared object."""
+        response = Response(self.body, self.status)
+        response.raw_headers = list(self.headers)
+        return response
+
+
 class ResponseCache:
     """A bounded LRU of rendered responses with a time to live."""
 
@@ -79,20 +97,21 @@ class ResponseCache:
         self.ttl = config.ttl
         self.max_entries = config.max_entries
         self.key = key
-        self.entries: OrderedDict[str, tuple[float, Response]] = OrderedDict()
+        self.entries: OrderedDict[str, _Cached] = OrderedDict()
 
     def get(self, key: str) -> Response | None:
         entry = self.entries.get(key)
         if entry is None:
             return None
-        if entry[0] < time.monotonic():
+        if entry.expires < time.monotonic():
             del self.entries[key]
             return None
         self.entries.move_to_end(key)
-        return entry[1]
+        return entry.response()
 
     def put(self, key: str, response: Response) -> None:
-        self.entries[key] = (time.monotonic() + self.ttl, response)
+        self.entries[key] = _Cached(time.monotonic() + self.ttl, response.status_code, bytes(response.body),
+                                    tuple(response.raw_headers))
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
