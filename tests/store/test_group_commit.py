@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from workflow_engine.store.base import Store, StoreError
-from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.connect import parse_store_url
+from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 from workflow_engine.store.sql import SqlStore
 
 
@@ -76,3 +78,38 @@ async def test_a_write_whose_caller_was_cancelled_is_committed(store: Store) -> 
     assert isinstance(store, SqlStore)
     await store.open()
     assert await store.get_execution("e0002") is not None
+
+
+async def test_sqlite_batches_run_every_hot_path_write_on_the_driver(tmp_path: Path) -> None:
+    """SQLAlchemy's execution path cost more than the statements; each hot-path write must skip it, and the
+    SQL run that way must still do everything the statement says (the end clears owner, lease and wait)."""
+    store = SqlStore(parse_store_url(f"sqlite:///{tmp_path / 's.db'}"))
+    await store.open()
+    try:
+        await _hot_path_writes(store)
+    finally:
+        await store.close()
+
+
+async def _hot_path_writes(store: SqlStore) -> None:
+    await asyncio.gather(*(store.create_execution(_record(i, key=f"k{i}")) for i in range(4)))
+    claimed = await store.claim("me", lease_until=1e12, now=1.0, limit=4)
+    assert {r.owner for r in claimed} == {"me"}
+    await asyncio.gather(
+        store.save_step(StepRecord("e0000", "one", "success", output={"x": 1}, started_at=1.0, finished_at=2.0)),
+        store.update_execution("e0001", started_at=1.0),
+        store.park("e0002", 99.0, "orders.paid", {"step": "wait"}),
+        store.finish_execution("e0003", Status.SUCCESS, {"ok": True}, None, 3.0),
+    )
+    assert store._group is not None
+    compiled = store._group._compiled
+    assert len(compiled) >= 5  # the idempotent insert and the four writes above
+    assert [str(statement) for (statement, _), sql in compiled.items() if sql is None] == []
+    done = await store.get_execution("e0003")
+    assert done is not None
+    assert (done.status, done.output, done.owner, done.lease_expires_at) == (Status.SUCCESS, {"ok": True}, None, None)
+    parked = await store.get_execution("e0002")
+    assert parked is not None
+    assert (parked.status, parked.owner, parked.wake_at, parked.wait_topic) == (Status.PARKED, None, 99.0,
+                                                                               "orders.paid")
+    assert [s.output for s in await store.load_steps("e0000")] == [{"x": 1}]

@@ -40,7 +40,9 @@ class _Compiled:
 
     def __init__(self, statement: Executable, keys: tuple[str, ...], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
-        if compiled.insert_prefetch or compiled.postfetch or not compiled.positiontup:
+        # Prefetch: defaults computed in Python before the statement runs (SQLAlchemy's execution context does
+        # that). Postfetch columns (set by SQL, e.g. `owner = NULL`) need nothing: the outcome is rows and rowcount.
+        if compiled.insert_prefetch or compiled.update_prefetch or not compiled.positiontup:
             raise ValueError("statement needs SQLAlchemy's execution context")
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup)
