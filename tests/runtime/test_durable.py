@@ -265,6 +265,36 @@ async def test_a_resumed_execution_reads_completed_steps_back_instead_of_running
     assert await step_keys(probe, execution_id) == {"first": "success", "stuck": "success", "last": "success"}
 
 
+async def test_replayable_steps_are_checkpointed_with_the_next_write_and_run_again_on_resume(
+    store_url: str, probe: Store, upstream: tuple[Upstream, str]
+) -> None:
+    counter, url = upstream
+    yaml_text = app_yaml(f"""
+        chain:
+          steps:
+            - id: pure
+              set: {{n: 1}}
+            - id: first
+              http: {http(url, "/hit/first", json="{{ steps.pure.output }}")}
+            - id: later
+              set: {{token: "{{{{ steps.first.output.body.token }}}}-later"}}
+            - id: stuck
+              http: {http(url, "/hang/stuck")}
+    """, engine=ENGINE)
+    execution_id = await interrupted(store_url, probe, yaml_text, counter, "chain")
+    # `pure` went into the store with `first`'s checkpoint; `later` waited for a next write that never came.
+    assert await step_keys(probe, execution_id) == {"pure": "success", "first": "success"}
+
+    async with engine_on(store_url, yaml_text):
+        record = await reaches(probe, execution_id, Status.SUCCESS, Status.ERROR)
+    assert record.status is Status.SUCCESS
+    assert counter.calls == {"first": 1, "stuck": 2}  # the effect ran once; only `later` ran again
+    assert counter.bodies["first"] == [{"n": 1}]
+    steps = {s.step_key: s for s in await probe.load_steps(execution_id)}
+    assert list(steps) == ["pure", "first", "later", "stuck"]
+    assert steps["later"].output == {"token": "first-1-later"}
+
+
 async def test_an_execution_whose_step_was_removed_fails_on_resume(
     store_url: str, probe: Store, upstream: tuple[Upstream, str]
 ) -> None:

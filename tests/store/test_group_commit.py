@@ -113,3 +113,29 @@ async def _hot_path_writes(store: SqlStore) -> None:
     assert (parked.status, parked.owner, parked.wake_at, parked.wait_topic) == (Status.PARKED, None, 99.0,
                                                                                "orders.paid")
     assert [s.output for s in await store.load_steps("e0000")] == [{"x": 1}]
+
+
+async def test_statements_written_together_commit_together_or_not_at_all(store: Store) -> None:
+    await asyncio.gather(store.create_execution(_record(1)), store.create_execution(_record(2)))
+    good = StepRecord("e0001", "a", "success", output=1)
+    bad = StepRecord("e0001", "b", None)  # type: ignore[arg-type]  # NOT NULL: the database refuses it
+    # In a shared batch with another caller's write, and on its own: the good step goes with the bad one.
+    results = await asyncio.gather(store.save_steps([good, bad]), store.update_execution("e0002", attempt=2),
+                                   return_exceptions=True)
+    assert isinstance(results[0], StoreError)
+    assert results[1] is None
+    with pytest.raises(StoreError):
+        await store.finish_execution("e0001", Status.SUCCESS, 1, None, 2.0, steps=[good, bad])
+    assert await store.load_steps("e0001") == []
+    record = await store.get_execution("e0001")
+    assert record is not None
+    assert record.status is not Status.SUCCESS
+    other = await store.get_execution("e0002")
+    assert other is not None
+    assert other.attempt == 2
+
+    await store.finish_execution("e0001", Status.SUCCESS, 1, None, 2.0, steps=[good])
+    assert [(s.step_key, s.output) for s in await store.load_steps("e0001")] == [("a", 1)]
+    record = await store.get_execution("e0001")
+    assert record is not None
+    assert record.status is Status.SUCCESS

@@ -50,6 +50,7 @@ class Execution:
         "steps",
         "task",
         "trigger",
+        "unsaved",
         "workflow",
     )
 
@@ -73,6 +74,8 @@ class Execution:
         self.lifecycle_events = True
         self.steps: dict[str, dict[str, Any]] = {}
         self.checkpoints: dict[str, StepRecord] = {}
+        # Checkpoints of replayable steps not written yet: they go with the execution's next write.
+        self.unsaved: list[StepRecord] = []
         self.config_version: int | None = None
         self.idempotency_key: str | None = None
         self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)
@@ -110,6 +113,7 @@ class Execution:
         self.input = None
         self.steps = {}
         self.checkpoints = {}
+        self.unsaved = []
         if self.exception is not None:
             self.exception.__traceback__ = None
         self.task = None

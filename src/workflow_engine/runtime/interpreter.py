@@ -62,7 +62,7 @@ async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
     if node.guard is not None and node.kind != "if" and not truthy(node.guard.render(scope)):
         if node.record:
             scope["steps"][node.id] = {"output": None, "status": "skipped"}
-            await _checkpoint(ctx, key, "skipped", None, None, started_at=time.time())
+            await _checkpoint(ctx, key, "skipped", None, None, started_at=time.time(), defer=True)
         return None
     bus = ctx.services.bus
     events = ctx.execution.lifecycle_events
@@ -87,7 +87,7 @@ async def run_node(node: StepNode, ctx: StepContext, scope: Scope) -> Any:
     if node.record:
         scope["steps"][node.id] = {"output": output, "status": "success"}
     await _checkpoint(ctx, key, "success", output, None, started_at=started_at,
-                      extra=_response_extra(ctx) if node.kind == "respond" else None)
+                      extra=_response_extra(ctx) if node.kind == "respond" else None, defer=node.step.replayable)
     if events and bus.wants("step.completed"):
         event = _step_event(ctx, node, "completed", seconds=time.perf_counter() - started)
         await bus.publish("step.completed", event)
@@ -117,10 +117,11 @@ def _restore(node: StepNode, ctx: StepContext, scope: Scope, key: str) -> Any:
 
 
 async def _checkpoint(ctx: StepContext, key: str, status: str, output: Any, error: dict[str, Any] | None, *,
-                      started_at: float, extra: dict[str, Any] | None = None) -> None:
+                      started_at: float, extra: dict[str, Any] | None = None, defer: bool = False) -> None:
+    """Checkpoint a step of a durable execution; `defer` (a skipped or replayable step): with its next write."""
     if ctx.durable:
         await ctx.services.runtime.recorder.step(ctx.execution, key, status, output, error, started_at=started_at,
-                                                 extra=extra)
+                                                 extra=extra, defer=defer)
 
 
 def _response_extra(ctx: StepContext) -> dict[str, Any] | None:

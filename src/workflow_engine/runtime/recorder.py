@@ -65,11 +65,23 @@ class Recorder:
                 lease_expires_at=time.time() + self.lease)
 
     async def step(self, execution: Execution, key: str, status: str, output: Any, error: dict[str, Any] | None,
-                   *, started_at: float, extra: dict[str, Any] | None = None) -> StepRecord:
-        """Checkpoint one step result (the caller decides whether the workflow is durable)."""
+                   *, started_at: float, extra: dict[str, Any] | None = None, defer: bool = False) -> StepRecord:
+        """Checkpoint one step result (the caller decides whether the workflow is durable). `defer`: a
+        replayable step's result, written with the execution's next write instead of now."""
         record = StepRecord(execution.id, key, status, execution.attempt, output, error, started_at, time.time(),
                             extra or {})
-        await self.store.save_step(record)
+        if defer:
+            execution.unsaved.append(record)
+        else:
+            unsaved = _take_unsaved(execution)
+            try:
+                if unsaved:
+                    await self.store.save_steps([*unsaved, record])
+                else:
+                    await self.store.save_step(record)
+            except BaseException:
+                execution.unsaved[:0] = unsaved  # not written: they go with the next write
+                raise
         execution.checkpoints[key] = record
         return record
 
@@ -77,8 +89,13 @@ class Recorder:
         """Record the end: at once for durable workflows, through the summary writer otherwise."""
         finished_at = execution.finished_at or time.time()
         if durable or execution.idempotency_key is not None:
-            await self.store.finish_execution(execution.id, execution.status, execution.output, execution.error,
-                                              finished_at)
+            unsaved = _take_unsaved(execution)
+            try:
+                await self.store.finish_execution(execution.id, execution.status, execution.output,
+                                                  execution.error, finished_at, steps=unsaved)
+            except BaseException:
+                execution.unsaved[:0] = unsaved
+                raise
             return
         record = self._record(execution, execution.status, durable=False)
         # A summary: what ran, when, and how it ended. Input and output (request headers and bodies) would
@@ -93,7 +110,12 @@ class Recorder:
     async def park(self, execution: Execution, wake_at: float | None, topic: str | None,
                    state: dict[str, Any] | None) -> None:
         """The execution waits (sleep, wait_for) holding nothing here."""
-        await self.store.park(execution.id, wake_at, topic, state)
+        unsaved = _take_unsaved(execution)
+        try:
+            await self.store.park(execution.id, wake_at, topic, state, steps=unsaved)
+        except BaseException:
+            execution.unsaved[:0] = unsaved
+            raise
         execution.status = ExecutionStatus.PARKED
 
     async def release(self, execution: Execution) -> None:
@@ -160,3 +182,11 @@ class Recorder:
             if self._summaries.empty():
                 return
             batch = []
+
+
+def _take_unsaved(execution: Execution) -> list[StepRecord]:
+    """The deferred checkpoints of `execution`, which the caller writes (or puts back when it cannot)."""
+    unsaved = execution.unsaved
+    if unsaved:
+        execution.unsaved = []
+    return unsaved

@@ -65,6 +65,10 @@ class Step(ABC):
 
     # True for steps that never wait (no I/O, no sleeping): see `SyncStep`.
     sync: ClassVar[bool] = False
+    # True for steps whose only effect is their output and the execution's own state (its answer): run again
+    # after a crash, they are as if run once. A durable execution writes their checkpoints together with its
+    # next write (the next other step's checkpoint, a park, its end) instead of waiting for each.
+    replayable: ClassVar[bool] = False
 
     @abstractmethod
     async def run(self, ctx: StepContext, scope: Scope) -> Any:

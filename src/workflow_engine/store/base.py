@@ -66,9 +66,11 @@ class Store(ABC):
 
     @abstractmethod
     async def finish_execution(
-        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float
+        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float,
+        *, steps: Sequence[StepRecord] = (),
     ) -> None:
-        """Record the end of an execution and release its lease (`execution_not_found` if unknown)."""
+        """Record the end of an execution and release its lease (`execution_not_found` if unknown); `steps`
+        are checkpointed with it, all or nothing."""
 
     @abstractmethod
     async def list_executions(
@@ -81,6 +83,10 @@ class Store(ABC):
     @abstractmethod
     async def save_step(self, step: StepRecord) -> None:
         """Checkpoint a step result (insert or replace by execution and step key)."""
+
+    @abstractmethod
+    async def save_steps(self, steps: Sequence[StepRecord]) -> None:
+        """Checkpoint step results in order, all or nothing."""
 
     @abstractmethod
     async def load_steps(self, execution_id: str) -> list[StepRecord]:
@@ -109,8 +115,9 @@ class Store(ABC):
 
     @abstractmethod
     async def park(self, execution_id: str, wake_at: float | None, wait_topic: str | None,
-                   wait_state: dict[str, Any] | None) -> None:
-        """Mark an execution parked (no owner) until `wake_at` or an event on `wait_topic`."""
+                   wait_state: dict[str, Any] | None, *, steps: Sequence[StepRecord] = ()) -> None:
+        """Mark an execution parked (no owner) until `wake_at` or an event on `wait_topic`; `steps` are
+        checkpointed with it, all or nothing."""
 
     @abstractmethod
     async def waiting_on(self, topic: str) -> list[ExecutionRecord]:

@@ -9,7 +9,9 @@ writes queue up for the next one, so batches grow with load and an idle store st
 
 Isolation between callers: a batch whose transaction fails is rolled back and each of its statements is run
 again on its own, so one bad statement fails only its caller. Nothing a caller sees changes: the statement is
-committed when its await returns, exactly as with one autocommitted statement.
+committed when its await returns, exactly as with one autocommitted statement. A caller may also submit several
+statements as one write (`execute_all`): they run in order and commit together or not at all, in the batch's
+transaction or, after a failed batch, in one of their own.
 
 On SQLite the batch runs on the driver's cursor with SQL compiled once per statement and parameter set
 (`_Compiled`): SQLAlchemy's per-execution work (building an execution context, processing binds, wrapping the
@@ -30,7 +32,20 @@ from workflow_engine.store.runner import Outcome, Runner, outcome
 
 log = structlog.get_logger("workflow_engine.store")
 
-_Write = tuple[str, Executable, dict[str, Any]]
+_Statement = tuple[str, Executable, dict[str, Any]]
+
+
+class _Group:
+    """Statements of one caller that commit together; their outcomes come back as a list."""
+
+    __slots__ = ("statements",)
+
+    def __init__(self, statements: list[_Statement]) -> None:
+        self.statements = statements
+
+
+_Write = _Statement | _Group
+_Result = Outcome | list[Outcome]
 
 
 class _Compiled:
@@ -65,7 +80,7 @@ class GroupCommit:
         self._errors = errors  # (operation, driver error) -> the error the caller sees
         self._driver_sql = driver_sql  # SQLite: run batches on the driver's cursor
         self._compiled: dict[tuple[Executable, tuple[str, ...]], _Compiled | None] = {}
-        self._writes: Coalescer[_Write, Outcome] = Coalescer(self._commit, name="store-group-commit",
+        self._writes: Coalescer[_Write, _Result] = Coalescer(self._commit, name="store-group-commit",
                                                              concurrency=flushes)
 
     @property
@@ -75,14 +90,26 @@ class GroupCommit:
 
     async def execute(self, operation: str, statement: Executable, params: dict[str, Any]) -> Outcome:
         """Run `statement` in the next shared transaction; returns once it is committed."""
-        return await self._writes.submit((operation, statement, params))
+        result = await self._writes.submit((operation, statement, params))
+        assert isinstance(result, Outcome)
+        return result
 
-    async def _commit(self, batch: list[_Write]) -> list[Outcome | BaseException]:
+    async def execute_all(self, statements: list[_Statement]) -> list[Outcome]:
+        """Run `statements` (operation, statement, params) in order in the next shared transaction, all or
+        none; returns their outcomes once they are committed."""
+        if len(statements) == 1:
+            return [await self.execute(*statements[0])]
+        result = await self._writes.submit(_Group(statements))
+        assert isinstance(result, list)
+        return result
+
+    async def _commit(self, batch: list[_Write]) -> list[_Result | BaseException]:
         if len(batch) > 1:
-            def run(conn: Connection) -> list[Outcome]:
+            def run(conn: Connection) -> list[_Result]:
                 if self._driver_sql:
                     return self._on_driver(conn, batch)
-                return [outcome(conn.execute(statement, params)) for _, statement, params in batch]
+                return [_each(write, lambda _, statement, params: outcome(conn.execute(statement, params)))
+                        for write in batch]
 
             try:
                 return list(await self._runner.transaction(run))
@@ -91,15 +118,15 @@ class GroupCommit:
                           error=exc)
         return [await self._alone(write) for write in batch]
 
-    def _on_driver(self, conn: Connection, batch: list[_Write]) -> list[Outcome]:
+    def _on_driver(self, conn: Connection, batch: list[_Write]) -> list[_Result]:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+        def run(_: str, statement: Executable, params: dict[str, Any]) -> Outcome:
+            compiled = self._compiled_for(statement, params, conn.dialect)
+            return outcome(conn.execute(statement, params)) if compiled is None else compiled.run(cursor, params)
+
         try:
-            out = []
-            for _, statement, params in batch:
-                compiled = self._compiled_for(statement, params, conn.dialect)
-                out.append(outcome(conn.execute(statement, params)) if compiled is None
-                           else compiled.run(cursor, params))
-            return out
+            return [_each(write, run) for write in batch]
         finally:
             cursor.close()
 
@@ -114,7 +141,14 @@ class GroupCommit:
                 self._compiled.clear()
         return self._compiled[key]
 
-    async def _alone(self, write: _Write) -> Outcome | BaseException:
+    async def _alone(self, write: _Write) -> _Result | BaseException:
+        if isinstance(write, _Group):
+            group = write.statements
+            try:
+                return await self._runner.transaction(
+                    lambda conn: [outcome(conn.execute(statement, params)) for _, statement, params in group])
+            except Exception as exc:
+                return self._errors(group[0][0], exc)
         operation, statement, params = write
         try:
             return await self._runner.execute(statement, params)
@@ -124,3 +158,10 @@ class GroupCommit:
     async def close(self) -> None:
         """Wait for the transactions under way (the store closes after its last writes are committed)."""
         await self._writes.close()
+
+
+def _each(write: _Write, run: Callable[[str, Executable, dict[str, Any]], Outcome]) -> _Result:
+    """`run` applied to the statement of `write`, or to each statement of a group (a list of outcomes)."""
+    if isinstance(write, _Group):
+        return [run(*statement) for statement in write.statements]
+    return run(*write)

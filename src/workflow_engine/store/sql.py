@@ -160,6 +160,15 @@ class SqlStore(Store):
         assert self._group is not None
         return await self._group.execute(operation, statement, params)
 
+    async def _write_all(self, writes: list[tuple[str, Executable, dict[str, Any]]]) -> list[Outcome]:
+        """Hot-path writes that commit together, in order, in the next group commit."""
+        self._open_runner(writes[0][0])
+        assert self._group is not None
+        return await self._group.execute_all(writes)
+
+    def _step_writes(self, steps: Sequence[StepRecord]) -> list[tuple[str, Executable, dict[str, Any]]]:
+        return [("save_step", self._q.save_step, dict(vars(step))) for step in steps]
+
     # -- executions -----------------------------------------------------------------------------------------
 
     async def create_execution(self, record: ExecutionRecord) -> tuple[ExecutionRecord, bool]:
@@ -251,9 +260,11 @@ class SqlStore(Store):
             raise _not_found("update_execution", execution_id)
 
     async def finish_execution(
-        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float
+        self, execution_id: str, status: Status, output: Any, error: dict[str, Any] | None, finished_at: float,
+        *, steps: Sequence[StepRecord] = (),
     ) -> None:
-        """Record the end of an execution and release its lease (and any wait)."""
+        """Record the end of an execution and release its lease (and any wait); `steps` are checkpointed in
+        the same transaction, before it."""
         params = {
             "p_id": execution_id,
             "p_status": status,
@@ -261,7 +272,8 @@ class SqlStore(Store):
             "p_error": error,
             "p_finished_at": finished_at,
         }
-        result = await self._write("finish_execution", self._q.finish_execution, params)
+        result = (await self._write_all([*self._step_writes(steps),
+                                         ("finish_execution", self._q.finish_execution, params)]))[-1]
         if result.rowcount == 0:
             raise _not_found("finish_execution", execution_id)
 
@@ -284,6 +296,11 @@ class SqlStore(Store):
     async def save_step(self, step: StepRecord) -> None:
         """Checkpoint a step result (insert, or replace in place by execution and step key)."""
         await self._write("save_step", self._q.save_step, dict(vars(step)))
+
+    async def save_steps(self, steps: Sequence[StepRecord]) -> None:
+        """Checkpoint step results in order, in one transaction."""
+        if steps:
+            await self._write_all(self._step_writes(steps))
 
     async def load_steps(self, execution_id: str) -> list[StepRecord]:
         """Every checkpoint of an execution, in the order they were first saved."""
@@ -337,9 +354,11 @@ class SqlStore(Store):
         return (await self._execute("release_owner", self._q.release_owner, params)).rowcount
 
     async def park(
-        self, execution_id: str, wake_at: float | None, wait_topic: str | None, wait_state: dict[str, Any] | None
+        self, execution_id: str, wake_at: float | None, wait_topic: str | None, wait_state: dict[str, Any] | None,
+        *, steps: Sequence[StepRecord] = (),
     ) -> None:
-        """Mark an execution parked (no owner, no lease) until `wake_at` or an event on `wait_topic`."""
+        """Mark an execution parked (no owner, no lease) until `wake_at` or an event on `wait_topic`; `steps`
+        are checkpointed in the same transaction, before it."""
         params = {
             "p_id": execution_id,
             "p_wake_at": wake_at,
@@ -347,7 +366,7 @@ class SqlStore(Store):
             "p_wait_state": wait_state,
             "p_updated_at": self._clock(),
         }
-        result = await self._write("park", self._q.park, params)
+        result = (await self._write_all([*self._step_writes(steps), ("park", self._q.park, params)]))[-1]
         if result.rowcount == 0:
             raise _not_found("park", execution_id)
 

@@ -20,6 +20,8 @@ class SetConfig(Strict):
 
 
 class SetStep(SyncStep):
+    replayable = True
+
     def __init__(self, config: SetConfig, build: StepBuilder) -> None:
         self.values = build.compile(config.values, "set")
 
@@ -35,6 +37,8 @@ class TransformConfig(Strict):
 
 
 class TransformStep(SyncStep):
+    replayable = True
+
     def __init__(self, config: TransformConfig, build: StepBuilder) -> None:
         try:
             self.expression = jmespath.compile(config.expression)
@@ -58,6 +62,8 @@ class ValidateConfig(Strict):
 
 
 class ValidateStep(SyncStep):
+    replayable = True
+
     def __init__(self, config: ValidateConfig, build: StepBuilder) -> None:
         problem = SchemaCheck.problem(config.schema_)
         if problem:

@@ -27,6 +27,8 @@ class RespondConfig(Strict):
 
 
 class RespondStep(SyncStep):
+    replayable = True  # its answer is the execution's own state; a resumed execution has no caller
+
     def __init__(self, config: RespondConfig, build: StepBuilder) -> None:
         self.status = build.compile(config.status, "respond.status")
         self.body = build.compile(config.body, "respond.body")
