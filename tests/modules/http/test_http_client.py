@@ -108,6 +108,17 @@ async def test_success_parses_json_and_is_counted(
     assert metrics.registry.get_sample_value("module_operation_duration_seconds_count", histogram) == 1
 
 
+async def test_a_query_in_the_url_is_kept_and_params_add_to_it(upstream: Upstream, make_client: Any) -> None:
+    client = await make_client(base_url=upstream.url)
+
+    alone = await client.request("GET", "/ok?q=1&r=2")
+    empty = await client.request("GET", "/ok?q=1&r=2", params={})
+    merged = await client.request("GET", "/ok?q=1&r=2", params={"r": "3", "z": 4})
+
+    assert alone.body["query"] == empty.body["query"] == {"q": "1", "r": "2"}
+    assert merged.body["query"] == {"q": "1", "r": "3", "z": "4"}
+
+
 async def test_json_body_default_headers_and_text_answers(upstream: Upstream, make_client: Any) -> None:
     client = await make_client(base_url=upstream.url, headers={"X-Token": "t0k"})
 

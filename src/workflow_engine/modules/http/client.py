@@ -146,8 +146,10 @@ class HttpClient(Module):
                                 code="invalid_body") from exc
             headers = {"content-type": "application/json", **(headers or {})}
         try:
+            # httpx replaces a URL's own query with `params`: keep it, and let `params` add or override keys.
+            query = httpx.URL(url).params.merge(params) if params else None
             return self._client.build_request(
-                method, url, headers=headers, params=params, content=content,
+                method, url, headers=headers, params=query, content=content,
                 timeout=httpx.Timeout(timeout, connect=min(timeout, self.config.connect_timeout)),
             )
         except httpx.InvalidURL as exc:
