@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import jwt
 
 from tests.factories import running_engine
 from workflow_engine.modules.http.server import HttpServer
@@ -54,3 +55,45 @@ async def test_a_request_without_a_query_string_has_an_empty_query() -> None:
     assert answer.json()["query"] == {}
     assert answer.json()["query_string"] == ""
     assert answer.json()["body"] == "plain text"
+
+
+SECRET = "s" * 32
+GUARDED = """version: 1
+name: app
+engine: {shutdown_grace: 2s, park_after: 1h}
+modules:
+  - name: web
+    type: http.server
+    config: {address: "127.0.0.1:0"}
+workflows:
+  echo:
+    trigger:
+      http:
+        server: web
+        method: POST
+        path: /guarded
+        middleware: {auth: {api_keys: [the-api-key], jwt: {secret: SECRET, require: []}}}
+    steps:
+      - respond: {body: {headers: "{{ input.headers }}", auth: "{{ input.auth }}"}}
+""".replace("SECRET", SECRET)
+
+
+async def test_the_credential_an_auth_middleware_checked_is_not_in_the_input_but_its_claims_are() -> None:
+    token = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+    async with running_engine(GUARDED) as engine:
+        server = engine.modules["web"]
+        assert isinstance(server, HttpServer)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            by_key = await client.post("/guarded", json={}, headers={"X-API-Key": "the-api-key", "X-Other": "kept"})
+            by_token = await client.post("/guarded", json={}, headers={"Authorization": f"Bearer {token}"})
+        stored = [await engine.store.get_execution(a.headers["x-execution-id"]) for a in (by_key, by_token)]
+    assert by_key.status_code == by_token.status_code == 200
+    assert by_key.json()["headers"]["x-api-key"] == "[redacted]"
+    assert by_key.json()["headers"]["x-other"] == "kept"
+    assert by_key.json()["auth"] == {"api_key": True}
+    assert by_token.json()["headers"]["authorization"] == "[redacted]"
+    assert by_token.json()["auth"] == {"sub": "alice"}
+    for record in stored:  # what the store keeps (and the API shows) of the request
+        assert record is not None
+        assert "the-api-key" not in str(record.input)
+        assert token not in str(record.input)

@@ -185,11 +185,21 @@ async def _request_input(request: Request) -> dict[str, Any] | Response:
     if isinstance(body, Response):
         return body
     query_string = scope["query_string"].decode("latin-1")
-    return {
+    payload = {
         "method": scope["method"], "path": scope["path"], "params": dict(scope.get("path_params", ())),
         "query": dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {},
         "query_string": query_string, "headers": headers, "body": body,
     }
+    state = scope.get("state")
+    if state and "credential_header" in state:
+        # The route's `auth` checked this header: an execution's input is stored and shown by the API, the
+        # credential must not be. What it proved (the token's claims) is `input.auth`.
+        headers[state["credential_header"]] = REDACTED
+        payload["auth"] = state["auth"]
+    return payload
+
+
+REDACTED = "[redacted]"
 
 
 def _parse_body(raw: bytes, content_type: str) -> Any:

@@ -414,25 +414,28 @@ class _Authenticator:
     def wrap(self, endpoint: Endpoint) -> Endpoint:
         async def with_auth(request: Request) -> Response:
             try:
-                request.state.auth = self.authenticate(request)
+                request.state.auth, header = self.authenticate(request)
             except _Denied as denied:
                 return json_error(401, "unauthorized", denied.message, {"WWW-Authenticate": denied.challenge})
+            # The trigger keeps the credential out of the execution's input (and so out of the store).
+            request.state.credential_header = header
             return await endpoint(request)
 
         return with_auth
 
-    def authenticate(self, request: Request) -> dict[str, Any]:
-        """The JWT's claims, or `{"api_key": True}` for an accepted API key; raises `_Denied` otherwise."""
+    def authenticate(self, request: Request) -> tuple[dict[str, Any], str]:
+        """The JWT's claims, or `{"api_key": True}` for an accepted API key, and the (lower-case) header that
+        carried the credential; raises `_Denied` otherwise."""
         if self._keys:
             presented = request.headers.get(self._header)
             if presented is not None:
                 if self._key_matches(presented.encode("latin-1")):
-                    return {"api_key": True}
+                    return {"api_key": True}, self._header
                 raise _Denied("invalid API key", self._challenge)
         if self._jwt is not None:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return self._decode(token.strip(), self._jwt)
+                return self._decode(token.strip(), self._jwt), "authorization"
         raise _Denied(self._missing, self._challenge)
 
     def _key_matches(self, presented: bytes) -> bool:
