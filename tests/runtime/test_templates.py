@@ -172,3 +172,16 @@ def test_truthy_true_values(value: object) -> None:
 
 def test_header_values_leave_out_nulls_and_stringify_the_rest() -> None:
     assert header_values({"X-A": None, "X-B": 0, "X-C": "c", 7: True}) == {"X-B": "0", "X-C": "c", "7": "True"}
+
+
+@pytest.mark.parametrize("headers", [{"X-Bad": "a\r\nInjected: yes"}, {"X-Bad": "a\nb"}, {"X-Bad": "nul\x00"},
+                                     {"Bad Name": "v"}, {"X-A:": "v"}, {"": "v"}])
+def test_header_values_refuse_line_breaks_control_characters_and_bad_names(headers: dict[str, str]) -> None:
+    with pytest.raises(StepError) as caught:
+        header_values(headers)
+    assert caught.value.code == "invalid_header"
+    assert caught.value.retryable is False
+
+
+def test_header_values_accept_tabs_and_text_in_values() -> None:
+    assert header_values({"X-A": "a\tb c; d=é"}) == {"X-A": "a\tb c; d=é"}

@@ -97,3 +97,31 @@ async def test_the_credential_an_auth_middleware_checked_is_not_in_the_input_but
         assert record is not None
         assert "the-api-key" not in str(record.input)
         assert token not in str(record.input)
+
+
+ECHO_HEADER = """version: 1
+name: app
+engine: {shutdown_grace: 2s, park_after: 1h}
+modules:
+  - name: web
+    type: http.server
+    config: {address: "127.0.0.1:0"}
+workflows:
+  echo:
+    trigger: {http: {server: web, path: /echo}}
+    steps:
+      - respond: {body: ok, headers: {X-Echo: "{{ input.query.v }}"}}
+"""
+
+
+async def test_a_header_value_with_a_line_break_fails_the_execution_with_a_json_error() -> None:
+    async with running_engine(ECHO_HEADER) as engine:
+        server = engine.modules["web"]
+        assert isinstance(server, HttpServer)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            injected = await client.get("/echo", params={"v": "a\r\nInjected: yes"})
+            plain = await client.get("/echo", params={"v": "fine"})
+    assert injected.status_code == 500  # not a dropped connection, and no injected header
+    assert "injected" not in injected.headers
+    assert injected.json()["error"]["code"] == "invalid_header"
+    assert plain.headers["x-echo"] == "fine"

@@ -262,10 +262,32 @@ def _as_lookup(env: SandboxEnvironment, source: str, expression: Expression) -> 
     return Lookup(node.name, tuple(reversed(keys)), expression)
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def header_values(headers: Mapping[Any, Any]) -> dict[str, str]:
     """Rendered headers as strings; a header whose template gave null (an absent optional value) is left out
-    instead of being sent as the text 'None'."""
-    return {str(k): str(v) for k, v in headers.items() if v is not None}
+    instead of being sent as the text 'None'. A name that is not an HTTP token, or a value with a line break
+    or another control character (an injected header, say), fails the step (`invalid_header`)."""
+    out = {}
+    for key, value in headers.items():
+        if value is None:
+            continue
+        name, text = str(key), str(value)
+        if not _HEADER_NAME.fullmatch(name):
+            raise _invalid_header(f"header name {name[:100]!r} is not a valid HTTP header name")
+        if _HEADER_VALUE_BAD.search(text):
+            raise _invalid_header(f"header {name!r}: the value holds a line break or another control character: "
+                                  f"{text[:100]!r}")
+        out[name] = text
+    return out
+
+
+def _invalid_header(message: str) -> StepError:
+    error = StepError(message, code="invalid_header")
+    error.retryable = False  # the same templates give the same header again
+    return error
 
 
 def truthy(value: Any) -> bool:
