@@ -25,7 +25,11 @@ workflows:
     steps:
       - if: "{{ input.query.sku == 'none' }}"
         then: [{fail: {message: "no such sku", code: unknown_sku, status: 404}}]
-      - respond: {body: {sku: "{{ input.query.sku }}", at: "{{ timestamp() }}"}}
+      - respond:
+          body: {sku: "{{ input.query.sku }}", at: "{{ timestamp() }}"}
+          headers:
+            Set-Cookie: "{{ 'session=' ~ execution.id if input.query.sku == 'cookie' else none }}"
+            Cache-Control: "{{ 'private, max-age=60' if input.query.sku == 'mine' else none }}"
 """
 
 
@@ -84,3 +88,13 @@ async def test_an_entry_expires_after_its_ttl_and_errors_are_not_cached() -> Non
         refused = [await http.get("/price", params={"sku": "none"}) for _ in range(2)]
         assert [r.status_code for r in refused] == [404, 404]
         await ran(engine, 4)
+
+
+async def test_answers_setting_a_cookie_or_marked_private_are_not_shared() -> None:
+    async with running_engine(APP.replace("TTL", "60s")) as engine, client(engine) as http:
+        cookies = [await http.get("/price", params={"sku": "cookie"}) for _ in range(2)]
+        private = [await http.get("/price", params={"sku": "mine"}) for _ in range(2)]
+        await ran(engine, 4)
+    sessions = [a.headers["set-cookie"] for a in cookies]
+    assert sessions[0] != sessions[1]  # each caller its own session, never the first caller's
+    assert private[0].headers["x-execution-id"] != private[1].headers["x-execution-id"]

@@ -169,9 +169,19 @@ class HttpTrigger(Trigger):
             return await _duplicate_response(runtime, execution)
         await execution.wait_response()
         response = execution_response(execution)
-        if cache_key is not None and self.cache is not None and 200 <= response.status_code < 300:
+        if cache_key is not None and self.cache is not None and _shareable(response):
             self.cache.put(cache_key, response)
         return response
+
+
+def _shareable(response: Response) -> bool:
+    """A 2xx answer that may go to other callers: not one setting a cookie or marked private or no-store."""
+    if not 200 <= response.status_code < 300:
+        return False
+    for name, value in response.raw_headers:
+        if name == b"set-cookie" or (name == b"cache-control" and (b"private" in value or b"no-store" in value)):
+            return False
+    return True
 
 
 async def _request_input(request: Request) -> dict[str, Any] | Response:
