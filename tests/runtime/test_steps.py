@@ -454,6 +454,17 @@ async def test_respond_refuses_a_status_that_is_not_http() -> None:
     assert execution.error["code"] == "invalid_status"
 
 
+def test_log_fields_may_not_overwrite_the_fields_the_engine_sets() -> None:
+    issues = config_issues(app_yaml("""
+        w:
+          steps:
+            - log: {message: hi, fields: {execution_id: spoof, step: x, carrier: ups}}
+    """))
+    assert len(issues) == 2
+    assert "workflows.w.steps[0].log.fields.execution_id: 'execution_id' is a field the engine sets" in issues[0]
+    assert "log.fields.step" in issues[1]
+
+
 async def test_log_writes_the_rendered_message_with_the_execution_context() -> None:
     async with running_engine(app_yaml("""
         w:

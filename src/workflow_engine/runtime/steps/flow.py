@@ -54,10 +54,19 @@ class LogConfig(Strict):
     fields: dict[str, Any] = Field(default_factory=dict, description="Extra fields (templates allowed).")
 
 
+# Fields the engine puts on log lines (DESIGN.md §2.5, plus the request id): operators search by them, so a
+# `log` step may not overwrite them.
+RESERVED_LOG_FIELDS = frozenset({"ts", "timestamp", "level", "logger", "event", "workflow_type", "execution_id",
+                                 "step", "module", "error", "request_id"})
+
+
 class LogStep(SyncStep):
     def __init__(self, config: LogConfig, build: StepBuilder) -> None:
         self.message = build.compile(config.message, "log.message")
         self.level = config.level
+        for name in sorted(RESERVED_LOG_FIELDS.intersection(config.fields)):
+            build.issue(f"log.fields.{name}", f"'{name}' is a field the engine sets on every log line; "
+                        "choose another name")
         self.fields = build.compile(config.fields, "log.fields")
 
     def run_sync(self, ctx: StepContext, scope: Scope) -> Any:
