@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import paho.mqtt.client as paho
 import pytest
 from pydantic import ValidationError
 
@@ -128,3 +130,17 @@ async def test_keep_on_a_connected_broker_declares_the_group_at_once(ns: str) ->
             await got[0].ack()
     assert got[0].body == {"n": 1}
     await brokers_mqtt.end_session(ns, f"{ns}/events", "late")
+
+
+async def test_messages_without_an_id_get_one_of_their_own_when_packet_ids_repeat(ns: str) -> None:
+    """Packet ids are 16 bits and start again with a new session: a stand-in id built from them named later
+    messages like earlier ones, and the idempotency key acked those without running them."""
+    async with open_broker(brokers_mqtt.harness(), ns) as broker:
+        session = SimpleNamespace(session=f"{ns}-session")
+        deliveries = []
+        for body in (b"first", b"second"):
+            msg = paho.MQTTMessage(mid=1, topic=f"{ns}/orders".encode())  # the same packet id, no x-message-id
+            msg.payload = body
+            deliveries.append(broker._message(msg, session))  # type: ignore[attr-defined]
+    assert deliveries[0].id != deliveries[1].id
+    assert [d.body for d in deliveries] == ["first", "second"]

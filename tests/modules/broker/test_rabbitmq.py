@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
+import aiormq.channel
 import pytest
 from pydantic import ValidationError
 
@@ -112,3 +114,43 @@ async def test_keep_on_a_connected_broker_declares_the_group_at_once(ns: str) ->
             await got[0].ack()
     assert got[0].body == {"n": 1}
     await brokers_rabbitmq.cleanup(ns, [("events", "late")])
+
+
+class _NoMessageId:
+    """aiormq gives every message it publishes a random id; pika, Java or shell tools send none."""
+
+    hex = None
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+async def test_messages_without_an_id_from_other_publishers_each_get_their_own(
+    ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in id built from delivery tags repeated on every new channel: the idempotency key then took a
+    later message for an earlier one, acked it and ran nothing."""
+    monkeypatch.setattr(aiormq.channel, "UUID", _NoMessageId)
+    harness = brokers_rabbitmq.harness()
+    topic = f"{ns}.orders"
+
+    async def publish_without_ids(*bodies: bytes) -> None:
+        connection = await aio_pika.connect(brokers_rabbitmq.RABBITMQ_URL)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(ns)
+            for body in bodies:
+                await exchange.publish(aio_pika.Message(body), routing_key=topic)
+        finally:
+            await connection.close()
+
+    async with open_broker(harness, ns):
+        pass  # declares the exchange and the group's queue
+    ids = []
+    for batch in ((b'{"n": 1}', b'{"n": 2}'), (b'{"n": 3}', b'{"n": 4}')):
+        await publish_without_ids(*batch)
+        async with open_broker(harness, ns) as broker, Consumer(broker, topic, "g1") as consumer:  # a restart
+            for message in await consumer.wait_count(2):
+                ids.append(message.id)
+                await message.ack()
+    assert len(set(ids)) == 4

@@ -307,8 +307,10 @@ class MqttBroker(Broker):
         if msg.dup:  # sent again after a lost connection: an earlier delivery was not acknowledged
             count += 1
         headers, key, message_id = split_headers(raw)
-        return Message(message_id or f"{sub.session}:{msg.mid}", retry_topic or msg.topic, bytes(msg.payload), headers,
-                       key, count, native=(msg.mid, sub))
+        # A publisher that sets no id: one of this delivery's own (packet ids are 16 bits and are reused, so
+        # `<session>:<mid>` named later messages like earlier ones and the idempotency key dropped them).
+        return Message(message_id or f"{sub.session}:{uuid7()}", retry_topic or msg.topic, bytes(msg.payload),
+                       headers, key, count, native=(msg.mid, sub))
 
     # -- settling --------------------------------------------------------------------------------------------
 

@@ -264,7 +264,9 @@ class RabbitMqBroker(Broker):
         if incoming.redelivered:  # a consumer went away before settling this delivery
             count += 1
         headers = {k: v for k, v in raw.items() if k not in _INTERNAL}
-        message_id = incoming.message_id or f"{queue}:{incoming.delivery_tag}"
+        # A publisher that sets no id: one of this delivery's own. Delivery tags restart on every channel, so
+        # `<queue>:<tag>` named later messages like earlier ones and the idempotency key dropped them.
+        message_id = incoming.message_id or f"{queue}:{uuid7()}"
         return Message(message_id, retry_topic or incoming.routing_key or "", incoming.body, headers,
                        raw.get(KEY_HEADER), count, native=incoming)
 
