@@ -60,6 +60,15 @@ def wire_headers(headers: Mapping[str, str], key: str | None, message_id: str) -
     return out
 
 
+def delivery_count(raw: str | None) -> int:
+    """The delivery count a retry copy carries (`x-delivery-count`); a missing or unreadable one (another
+    publisher's header) counts as the first delivery instead of failing the consumer."""
+    try:
+        return max(1, int(raw or 1))
+    except ValueError:
+        return 1
+
+
 def split_headers(raw: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None]:
     """(user headers, key, message id) from headers written by `wire_headers`."""
     headers = {k: v for k, v in raw.items() if k not in RESERVED_HEADERS}

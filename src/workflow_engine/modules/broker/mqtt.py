@@ -61,6 +61,7 @@ from workflow_engine.modules.broker.message import (
     DLQ_SUFFIX,
     Message,
     dead_letter_headers,
+    delivery_count,
     split_headers,
     wire_headers,
 )
@@ -303,7 +304,7 @@ class MqttBroker(Broker):
         props = getattr(msg, "properties", None)
         raw = {str(k): str(v) for k, v in (getattr(props, "UserProperty", None) or [])}
         retry_topic = raw.pop(RETRY_TOPIC_HEADER, None)
-        count = int(raw.pop(DELIVERIES_HEADER, "1") or 1) if retry_topic is not None else 1
+        count = delivery_count(raw.pop(DELIVERIES_HEADER, None)) if retry_topic is not None else 1
         if msg.dup:  # sent again after a lost connection: an earlier delivery was not acknowledged
             count += 1
         headers, key, message_id = split_headers(raw)

@@ -53,6 +53,7 @@ from workflow_engine.modules.broker.message import (
     KEY_HEADER,
     Message,
     dead_letter_headers,
+    delivery_count,
 )
 from workflow_engine.registry.specs import ModuleSpec
 
@@ -260,7 +261,7 @@ class RabbitMqBroker(Broker):
         retry_topic = raw.get(RETRY_TOPIC_HEADER)
         count = 1
         if retry_topic is not None:  # a copy republished by nack: the count travelled with it
-            count = int(raw.pop(DELIVERIES_HEADER, "1") or 1)
+            count = delivery_count(raw.pop(DELIVERIES_HEADER, None))
         if incoming.redelivered:  # a consumer went away before settling this delivery
             count += 1
         headers = {k: v for k, v in raw.items() if k not in _INTERNAL}

@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+import structlog
 from pydantic import Field
 
 from workflow_engine.coalesce import Coalescer
@@ -30,6 +31,8 @@ from workflow_engine.modules.base import ModuleContext
 from workflow_engine.modules.broker.base import Broker, BrokerConfig, Subscription
 from workflow_engine.modules.broker.message import Message
 from workflow_engine.registry.specs import ModuleSpec
+
+_log = structlog.get_logger("workflow_engine.broker")
 
 _Field: TypeAlias = "bytes | bytearray | memoryview[int] | str | int | float"  # what redis-py xadd takes
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -123,10 +126,30 @@ class RedisBroker(Broker):
 
     def _message(self, topic: str, entry_id: bytes, fields: dict[bytes, bytes], count: int,
                  sub: RedisSubscription) -> Message:
-        headers = orjson.loads(fields.get(b"h", b"{}"))
-        key = fields[b"k"].decode() if b"k" in fields else None
-        ident = fields[b"i"].decode() if b"i" in fields else entry_id.decode()
-        return Message(ident, topic, fields.get(b"p", b""), headers, key, count, native=(entry_id, sub))
+        native = (entry_id, sub)
+        if b"p" not in fields and b"h" not in fields:
+            # Not written by the engine (`XADD stream order 42 customer ann`): the fields are the body.
+            body = {_text(k): _text(v) for k, v in fields.items()}
+            return Message(entry_id.decode(), topic, orjson.dumps(body), {}, None, count, native=native)
+        key = _text(fields[b"k"]) if b"k" in fields else None
+        ident = _text(fields.get(b"i", b"")) or entry_id.decode()  # an empty id is no id
+        return Message(ident, topic, fields.get(b"p", b""), self._headers(fields.get(b"h"), entry_id), key, count,
+                       native=native)
+
+    def _headers(self, raw: bytes | None, entry_id: bytes) -> dict[str, str]:
+        """The `h` field's headers; one that is not a JSON object leaves the message without headers (it still
+        runs: its body is intact), said in a warning."""
+        if raw is None:
+            return {}
+        try:
+            headers = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            headers = None
+        if not isinstance(headers, dict):
+            _log.warning("stream entry has unreadable headers; delivered without them", module=self.name,
+                         entry_id=entry_id.decode(), headers=_text(raw)[:200])
+            return {}
+        return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in headers.items()}
 
     async def _ack(self, message: Message) -> None:
         entry_id, sub = message.native
@@ -245,3 +268,7 @@ SPEC = ModuleSpec(
     summary="Redis Streams: consumer groups, XACK, XAUTOCLAIM of stuck entries, delivery counts from XPENDING, "
             "dead letters to the stream <topic>.dlq.",
 )
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", errors="replace")
