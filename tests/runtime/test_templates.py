@@ -89,6 +89,20 @@ def test_a_missing_key_named_like_a_dict_method_is_missing_not_the_method(compil
     assert compiler.compile("at {{ now()[:2] }}").render({}) == "at 20"
 
 
+def test_a_missing_value_is_null_to_tests_comparisons_and_filters(compiler: TemplateCompiler) -> None:
+    scope = {"input": {"query": {}, "body": {"x": 1}}}
+    expected = {
+        "input.query.n is none": True, "input.query.n == none": True, "input.query.n != none": False,
+        "input.query.n.deeper is none": True, "input.query.n | int": 0, "input.query.n | float": 0.0,
+        "input.query.n | int + 1": 1, "input.query.n is defined": False, "input.body.x is none": False,
+        # The bracket form of a key named like a method is missing too, not the method.
+        "input.body['items'] | length": 0, "input.body['items'] or []": [], "input.body['x']": 1,
+        "input.query.n | default('d')": "d",
+    }
+    assert {e: compiler.compile(f"{{{{ {e} }}}}").render(scope) for e in expected} == expected
+    assert truthy(compiler.expression("input.query.n is none").render(scope))
+
+
 def test_sandbox_refuses_reaching_python_internals(compiler: TemplateCompiler) -> None:
     value = compiler.compile("{{ ().__class__.__base__.__subclasses__() }}")
     with pytest.raises(StepError) as caught:

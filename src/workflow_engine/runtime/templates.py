@@ -39,7 +39,28 @@ def _tojson(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-class _MissingKey(ChainableUndefined):
+class Missing(ChainableUndefined):
+    """What a missing key or attribute gives: null to every test, comparison and filter that null has an
+    answer for (`is none`, `== none`, `| int` → 0, `| length` → 0, `or`), while `is defined` stays false."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, Undefined)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = ChainableUndefined.__hash__
+
+    def __int__(self) -> int:
+        raise TypeError("null is not a number")  # as int(None): the `int` filter gives its default
+
+    def __float__(self) -> float:
+        raise TypeError("null is not a number")
+
+
+class _MissingKey(Missing):
     """`mapping.name` where the mapping has no key `name` but a method of that name: undefined as a value
     (None, empty in text, `is defined` false, `or` takes the default), the method when called
     (`headers.get('x', 'none')`, `body.items()`)."""
@@ -57,6 +78,14 @@ class _MissingKey(ChainableUndefined):
 class SandboxEnvironment(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, but `a.b` on a mapping reads the key first (so `body.items` is data), and a
     missing key is undefined even where the mapping has a method of that name (`_MissingKey`)."""
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, dict):  # `body['items']` on a body without `items` is missing, not the method
+            try:
+                return obj[argument]
+            except (KeyError, TypeError):
+                return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):
@@ -78,7 +107,8 @@ def _data(value: Any) -> Any:
 
 def make_environment() -> SandboxEnvironment:
     """The sandboxed environment: no access to private attributes, no mutation of data in scope."""
-    env = SandboxEnvironment(undefined=ChainableUndefined, autoescape=False, enable_async=False, finalize=_data)
+    env = SandboxEnvironment(undefined=Missing, autoescape=False, enable_async=False, finalize=_data)
+    env.tests["none"] = lambda value: value is None or isinstance(value, Undefined)
     env.policies["json.dumps_function"] = lambda value, **_: _tojson(value)
     env.filters["json"] = _tojson
     env.globals["now"] = lambda: datetime.now(UTC).isoformat()
