@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from jinja2 import ChainableUndefined, TemplateError, Undefined, nodes
@@ -53,10 +53,10 @@ class Missing(ChainableUndefined):
 
     __hash__ = ChainableUndefined.__hash__
 
-    def __int__(self) -> int:
+    def __int__(self, *_: Any, **__: Any) -> NoReturn:
         raise TypeError("null is not a number")  # as int(None): the `int` filter gives its default
 
-    def __float__(self) -> float:
+    def __float__(self, *_: Any, **__: Any) -> NoReturn:
         raise TypeError("null is not a number")
 
 
