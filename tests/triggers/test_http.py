@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import jwt
 
@@ -125,3 +127,45 @@ async def test_a_header_value_with_a_line_break_fails_the_execution_with_a_json_
     assert "injected" not in injected.headers
     assert injected.json()["error"]["code"] == "invalid_header"
     assert plain.headers["x-echo"] == "fine"
+
+
+KEYED = """version: 1
+name: app
+engine: {shutdown_grace: 2s, park_after: 1h}
+modules:
+  - name: web
+    type: http.server
+    config: {address: "127.0.0.1:0"}
+workflows:
+  refuse:
+    trigger: {http: {server: web, method: POST, path: /refuse}}
+    steps:
+      - fail: {message: "out of stock", code: out_of_stock, status: 422}
+  quick:
+    durable: false
+    trigger: {http: {server: web, method: POST, path: /quick}}
+    steps:
+      - respond: {status: 201, body: {id: "{{ execution.id }}"}, headers: {X-Kind: quick}}
+"""
+
+
+async def test_a_repeated_idempotency_key_gets_the_first_answer_after_a_restart(tmp_path: Path) -> None:
+    """Answered from the store (another replica, or after a restart), a failed execution's 4xx status and a
+    `durable: false` execution's `respond` status and headers are the ones the first caller got."""
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    answers = []
+    for _ in range(2):  # the second engine knows the executions only from the store
+        async with running_engine(KEYED, store_url=store_url) as engine:
+            server = engine.modules["web"]
+            assert isinstance(server, HttpServer)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+                answers.append([await client.post(path, json={}, headers={"Idempotency-Key": "k-1"})
+                                for path in ("/refuse", "/quick")])
+    (refused, quick), (refused_again, quick_again) = answers
+    assert refused.status_code == refused_again.status_code == 422
+    assert refused.json() == refused_again.json()
+    assert refused_again.json()["error"]["code"] == "out_of_stock"
+    assert quick.status_code == quick_again.status_code == 201
+    assert quick.json() == quick_again.json()
+    assert quick_again.headers["x-kind"] == "quick"
+    assert quick.headers["x-execution-id"] == quick_again.headers["x-execution-id"]

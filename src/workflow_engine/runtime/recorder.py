@@ -23,6 +23,8 @@ SUMMARY_BATCH = 500
 # Python per statement and per commit, on the store's thread, holding the GIL the event loop needs) is paid
 # once for many rows. The rows are best effort by the user's choice (`durable: false`); this only delays them.
 SUMMARY_LINGER = 0.05
+# Step key of the recorded answer of a keyed `durable: false` execution (not a template identifier).
+ANSWER_KEY = "$answer"
 
 
 class Recorder:
@@ -90,9 +92,13 @@ class Recorder:
         finished_at = execution.finished_at or time.time()
         if durable or execution.idempotency_key is not None:
             unsaved = _take_unsaved(execution)
+            # A repeated Idempotency-Key gets the first answer back, from any replica, after any restart: a
+            # `durable: false` execution has no `respond` checkpoint to give it, so its answer is recorded.
+            answer = [] if durable else self._answer(execution, finished_at)
             try:
                 await self.store.finish_execution(execution.id, execution.status, execution.output,
-                                                  execution.error, finished_at, steps=unsaved)
+                                                  _recorded_error(execution), finished_at,
+                                                  steps=[*unsaved, *answer])
             except BaseException:
                 execution.unsaved[:0] = unsaved
                 raise
@@ -106,6 +112,14 @@ class Recorder:
             self._summaries.put_nowait(record)
         except asyncio.QueueFull:  # the writer is behind: wait for room (back-pressure, never unbounded)
             await self._summaries.put(record)
+
+    @staticmethod
+    def _answer(execution: Execution, at: float) -> list[StepRecord]:
+        response = execution.response
+        if response is None:
+            return []
+        return [StepRecord(execution.id, ANSWER_KEY, "success", execution.attempt, response.body, None, at, at,
+                           {"status": response.status, "headers": response.headers})]
 
     async def park(self, execution: Execution, wake_at: float | None, topic: str | None,
                    state: dict[str, Any] | None) -> None:
@@ -190,3 +204,13 @@ def _take_unsaved(execution: Execution) -> list[StepRecord]:
     if unsaved:
         execution.unsaved = []
     return unsaved
+
+
+def _recorded_error(execution: Execution) -> dict[str, Any] | None:
+    """The error as stored: with the 4xx status an HTTP caller got (`http_status`), so that a repeated
+    Idempotency-Key answered from the store gets the same status."""
+    error, exc = execution.error, execution.exception
+    status = getattr(exc, "http_status", None)
+    if error is None or not isinstance(status, int) or not 400 <= status < 500:
+        return error
+    return {**error, "http_status": status}

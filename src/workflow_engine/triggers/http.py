@@ -254,8 +254,13 @@ def execution_response(execution: Execution) -> Response:
     if execution.status is ExecutionStatus.CANCELLED:
         return error_response(409, error, execution.id)
     exc = execution.exception
-    status = exc.http_status if isinstance(exc, StepError | WorkflowEngineError) else 500
-    return error_response(status if 400 <= status < 500 else 500, error, execution.id)
+    if isinstance(exc, StepError | WorkflowEngineError):
+        status = exc.http_status
+    else:  # read back from the store (a repeated Idempotency-Key): the status it answered is in the error
+        status = error.get("http_status", 500)
+        error = {k: v for k, v in error.items() if k != "http_status"}
+    return error_response(status if isinstance(status, int) and 400 <= status < 500 else 500, error,
+                          execution.id)
 
 
 def _factory(config: HttpTriggerConfig, build: TriggerBuilder) -> HttpTrigger:
