@@ -96,6 +96,7 @@ class _Checker:
         modules, edges = self._modules()
         ordered = self._order(modules, edges)
         workflows = {name: self._workflow(name, raw) for name, raw in self.raw_workflows.items()}
+        self._exclusive(workflows)
         if decl is not None:  # module references in engine settings (`event_bus.broker`)
             self.issues += self.refs.check(decl.engine, lambda rel: ("engine", *rel)).issues
         if self.issues or decl is None:
@@ -208,6 +209,22 @@ class _Checker:
         steps, on_error = parser.with_ids(steps), parser.with_ids(on_error)
         self.issues += parser.issues
         return _Workflow(trigger, steps, on_error)
+
+    def _exclusive(self, workflows: dict[str, _Workflow]) -> None:
+        """Two triggers may not take one route or one consumer group (`TriggerSpec.claims`): the second is an
+        issue naming the first (at run time one would fail to start, or each would get part of the messages)."""
+        taken: dict[tuple[Any, ...], str] = {}
+        for name, parts in workflows.items():
+            trigger = parts.trigger
+            claims = self.registry.triggers[trigger.kind].claims if trigger is not None else None
+            if trigger is None or claims is None:
+                continue
+            for key, field, what in claims(trigger.config, name):
+                first = taken.setdefault(key, name)
+                if first != name:
+                    self.issues.append(self.locator.issue(
+                        ("workflows", name, "trigger", trigger.kind, field),
+                        f"{what} is already taken by workflow '{first}'"))
 
     def _trigger(self, raw: Any, path: Path) -> TriggerDef | None:
         if not isinstance(raw, dict):

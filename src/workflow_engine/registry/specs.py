@@ -83,6 +83,10 @@ class TriggerSpec:
     config_model: type[BaseModel]
     factory: Callable[..., Any]
     summary: str
+    # What a trigger of this kind takes for itself alone, from its config and workflow name: (key, field, what)
+    # with `key` equal for two triggers that would collide (one route, one consumer group), `field` the config
+    # field an issue points at, and `what` how the issue names it. Validation refuses a second taker.
+    claims: Callable[[Any, str], list[tuple[tuple[Any, ...], str, str]]] | None = None
 
 
 class RegistryError(WorkflowEngineError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import orjson
 from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from workflow_engine.config.models import Strict
 from workflow_engine.durations import Duration
@@ -49,6 +51,15 @@ class HttpTriggerConfig(Strict):
     body_schema: dict[str, Any] | None = Field(None, description="JSON Schema the body must match (else 400).")
     middleware: MiddlewareConfig | None = Field(None, description="Route middleware (overrides the server's).")
     cache: CacheConfig | None = Field(None, description="Serve repeated requests from a response cache.")
+
+    @field_validator("path")
+    @classmethod
+    def _route_path(cls, value: str) -> str:
+        try:
+            compile_path(value)  # what the server does with it: `{id}/{id}`, unknown converters...
+        except (ValueError, AssertionError) as exc:
+            raise ValueError(f"invalid route path: {exc}") from exc
+        return value
 
     @field_validator("body_schema")
     @classmethod
@@ -267,5 +278,13 @@ def _factory(config: HttpTriggerConfig, build: TriggerBuilder) -> HttpTrigger:
     return HttpTrigger(build.workflow, config, build)
 
 
+def _claims(config: HttpTriggerConfig, workflow: str) -> list[tuple[tuple[Any, ...], str, str]]:
+    """One route per server, method and path shape (`/a/{id}` and `/a/{x}` match the same requests)."""
+    shape = re.sub(r"\{[^}]*\}", "{}", config.path)
+    return [(("http", config.server, config.method, shape), "path",
+             f"route {config.method} {config.path} on server '{config.server}'")]
+
+
 SPEC = TriggerSpec("http", HttpTriggerConfig, _factory,
-                   "Serve a route on an http.server module; the respond step or the output is the answer.")
+                   "Serve a route on an http.server module; the respond step or the output is the answer.",
+                   claims=_claims)

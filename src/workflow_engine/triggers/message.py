@@ -169,6 +169,14 @@ def _factory(config: MessageTriggerConfig, build: TriggerBuilder) -> MessageTrig
     return MessageTrigger(build.workflow, config)
 
 
+def _claims(config: MessageTriggerConfig, workflow: str) -> list[tuple[tuple[Any, ...], str, str]]:
+    """One workflow per consumer group of a topic: two would share its messages, each running about half."""
+    group = config.group or workflow
+    return [(("message", config.broker, config.topic, group), "group",
+             f"consumer group '{group}' of topic '{config.topic}' on broker '{config.broker}'")]
+
+
 SPEC = TriggerSpec("message", MessageTriggerConfig, _factory,
                    "Run for each message of a broker topic (consumer group, bounded in flight); ack after the "
-                   "execution's outcome is recorded, retry then dead-letter per `on_message_error`.")
+                   "execution's outcome is recorded, retry then dead-letter per `on_message_error`.",
+                   claims=_claims)
