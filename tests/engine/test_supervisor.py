@@ -18,6 +18,7 @@ from workflow_engine.registry.specs import ModuleSpec, Registry
 class ProbeConfig(Strict):
     fail_starts: int = Field(0, ge=0, description="Start attempts that fail before one succeeds.")
     crash_task: bool = Field(False, description="Run a background task that crashes when told to.")
+    retry_takes: float = Field(0.0, ge=0, description="Seconds each attempt after the first takes (a connect timeout).")
 
 
 @dataclass
@@ -41,6 +42,8 @@ class ProbeModule(Module):
 
     async def start(self) -> None:
         self.attempts += 1
+        if self.attempts > 1:
+            await asyncio.sleep(self.config.retry_takes)
         if self.attempts <= self.config.fail_starts:
             self.journal.entries.append(f"{self.name}:start-failed")
             raise ConnectionError(f"{self.name} is not reachable yet (attempt {self.attempts})")
@@ -100,6 +103,27 @@ async def test_a_module_that_fails_to_start_is_retrying_then_ready() -> None:
         assert engine.health.readiness()[0] is True
         assert engine.supervisors["db"].attempts == 3
     assert journal.entries == ["db:start-failed", "db:start-failed", "db:started", "db:stopped"]
+
+
+async def test_a_retry_in_progress_stays_retrying_with_the_last_reason() -> None:
+    """A retry can take as long as a connect timeout; meanwhile /readyz still says why the module is not ready."""
+    journal = Journal()
+    async with running_engine(app("""
+  - name: db
+    type: test.probe
+    config: {fail_starts: 2, retry_takes: 0.4}
+"""), registry=probe_registry(journal)) as engine:
+        await wait_until(lambda: engine.supervisors["db"].attempts == 2, "the first retry runs")
+        seen = []
+        while engine.supervisors["db"].attempts == 2:
+            _, body = engine.health.readiness()
+            seen.append((body["components"]["db"]["state"], body["components"]["db"].get("detail")))
+            await asyncio.sleep(0.05)
+    # While the second attempt runs, the first one's failure; once it failed (backoff), its own.
+    assert seen[0] == ("retrying", "ConnectionError: db is not reachable yet (attempt 1)")
+    assert {state for state, _ in seen} == {"retrying"}
+    assert {detail for _, detail in seen} <= {"ConnectionError: db is not reachable yet (attempt 1)",
+                                              "ConnectionError: db is not reachable yet (attempt 2)"}
 
 
 async def test_dependents_start_after_their_dependency_is_ready() -> None:

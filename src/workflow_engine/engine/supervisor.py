@@ -46,7 +46,10 @@ class ModuleSupervisor:
         backoff = INITIAL_BACKOFF
         while True:
             self.attempts += 1
-            self._set(ModuleState.STARTING, None)
+            if self.attempts == 1:
+                self._set(ModuleState.STARTING, None)
+            # A retry stays `retrying` with the last failure's reason while it runs: an attempt can take as long
+            # as the module's connect timeout, and /readyz should say why the module is not ready meanwhile.
             try:
                 await self.module.start()
             except asyncio.CancelledError:
