@@ -199,3 +199,16 @@ def test_header_values_refuse_line_breaks_control_characters_and_bad_names(heade
 
 def test_header_values_accept_tabs_and_text_in_values() -> None:
     assert header_values({"X-A": "a\tb c; d=é"}) == {"X-A": "a\tb c; d=é"}
+
+
+def test_a_value_that_is_not_json_data_becomes_data_or_a_template_error(compiler: TemplateCompiler) -> None:
+    """A `range`, a filter's generator or a tuple reached the store as such and failed the execution there,
+    as `store_error`, after `respond` had already answered."""
+    assert compiler.compile("{{ range(3) }}").render({}) == [0, 1, 2]
+    assert compiler.compile("{{ [1, 2, 2] | unique }}").render({}) == [1, 2]
+    assert compiler.compile("{{ (1, 2) }}").render({}) == [1, 2]
+    assert compiler.compile("{{ -(2 ** 63) }}").render({}) == -(2**63)
+    with pytest.raises(StepError) as caught:
+        compiler.compile("{{ 2 ** 70 }}").render({})
+    assert caught.value.code == "template_error"
+    assert "beyond 64 bits" in caught.value.message

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -23,6 +23,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from workflow_engine.errors import StepError
 from workflow_engine.ids import uuid7
 
+# Types of a rendered value that are JSON data as they are (the common case: no further check).
+_PLAIN = frozenset({str, dict, list, bool, float, type(None)})
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
@@ -158,7 +160,24 @@ class Expression(Value):
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
-        return None if callable(value) else value  # a function (a global not called) is not data
+        if type(value) in _PLAIN:
+            return value
+        return self._data(value)
+
+    def _data(self, value: Any) -> Any:
+        """A value that is not plain JSON data made into data, where it has an obvious form: sequences (`range`,
+        a filter's generator, a set) become lists; an integer JSON cannot carry is an error of this template
+        (it would fail later, where the execution is stored, as a store error)."""
+        if callable(value):  # a function (a global not called) is not data
+            return None
+        if isinstance(value, int):
+            if -(2**63) <= value < 2**64:
+                return value
+            raise StepError(f"template {self.source!r} gives an integer beyond 64 bits, which JSON data cannot "
+                            "hold exactly; turn it into a string (`| string`)", code="template_error")
+        if isinstance(value, range | tuple | set | frozenset | Iterator | KeysView | ValuesView | ItemsView):
+            return list(value)
+        return value
 
 
 class Text(Value):
