@@ -195,12 +195,12 @@ def config_apply(
     text = read_text_or_fail(file)
     with api_client(server, token, timeout=120) as api:
         response = api.call("PUT", "/api/config", content=text.encode(), headers={"Content-Type": "text/yaml"},
-                            ok=(422,))
+                            params={"file": file.name}, ok=(422,))
     body = response.json()
     if response.status_code == 422:
         issues = body.get("issues") or body.get("error", {}).get("issues") or []
-        for issue in issues:
-            typer.echo(f"{issue['file']}:{issue['line']}:{issue['col']}: {issue['path'] or '<root>'}: "
+        for issue in issues:  # lines and columns of the file sent, named as the user named it
+            typer.echo(f"{file}:{issue['line']}:{issue['col']}: {issue['path'] or '<root>'}: "
                        f"{issue['message']}", err=True)
         fail(f"{file}: {len(issues)} issue(s); the running config is unchanged")
     if as_json:

@@ -183,7 +183,8 @@ async def test_put_config_applies_a_valid_config_and_refuses_a_bad_one_untouched
         after = (await api.get("/api/config")).json()
         started = await api.post("/api/workflows/hello/executions?wait=true", "operator", json=None)
         detail = (await api.get(f"/api/executions/{started.json()['id']}")).json()
-        broken = await api.put("/api/config", "admin", content=changed.replace("concurrency: 3", "concurrency: 0"))
+        broken = await api.put("/api/config?file=new.yaml", "admin",
+                               content=changed.replace("concurrency: 3", "concurrency: 0"))
         unchanged = (await api.get("/api/config")).json()
     assert viewer.status_code == 403
     assert applied.status_code == 200
@@ -193,5 +194,5 @@ async def test_put_config_applies_a_valid_config_and_refuses_a_bad_one_untouched
     greet = next(step for step in detail["steps"] if step["step"] == "greet")
     assert greet["output"] == {"greeting": "hello"}  # the new generation ran
     assert broken.status_code == 422
-    assert [i["path"] for i in broken.json()["issues"]] == ["workflows.hello.concurrency"]
+    assert [(i["file"], i["path"]) for i in broken.json()["issues"]] == [("new.yaml", "workflows.hello.concurrency")]
     assert unchanged == after

@@ -166,7 +166,7 @@ def test_config_apply_prints_every_issue_of_a_bad_config(engine: EngineProcess, 
     result = cli(engine, "config", "apply", str(bad))
     assert result.exit_code == 1
     assert "workflows.w.concurrency" in result.stderr
-    assert ":5:" in result.stderr
+    assert f"{bad}:5:" in result.stderr  # named as sent, not as the running config's file
     assert "the running config is unchanged" in result.stderr
     assert cli_json(engine, "trigger", "hello", "--input", "{}", "--wait")["status"] == "success"
 

@@ -73,15 +73,19 @@ async def validate_config(
     dependencies=[Depends(require(Role.ADMIN, "apply configs"))], openapi_extra=_CONFIG_BODY,
     summary="Apply a config without restart",
 )
-async def apply_config(request: Request, control: ControlDep) -> Any:
+async def apply_config(
+    request: Request,
+    control: ControlDep,
+    file: Annotated[str | None, Query(max_length=255, description="File name the issues are reported in.")] = None,
+) -> Any:
     """Build and validate the new config beside the running one, then swap; executions in flight finish on
     the code they started with. A bad config changes nothing and answers 422 with every issue."""
     text = await config_text(request)
     try:
         return await control.apply_config(text)
     except ConfigError as err:
-        body = {"valid": False, "issues": [issue.to_dict() for issue in err.issues]}
-        return JSONResponse(body, status_code=422)
+        issues = [issue.to_dict() | ({"file": file} if file else {}) for issue in err.issues]
+        return JSONResponse({"valid": False, "issues": issues}, status_code=422)
 
 
 async def config_text(request: Request) -> str:
