@@ -6,6 +6,7 @@ import pytest
 
 from tests.config.helpers import issues, load
 from workflow_engine.errors import ConfigError
+from workflow_engine.modules.broker.nats import subject_covers
 from workflow_engine.registry.builtins import default_registry
 from workflow_engine.registry.specs import Registry
 from workflow_engine.runtime.program import compile_program
@@ -100,3 +101,46 @@ def test_the_event_bus_keeps_its_dotted_syntax_without_a_broker(registry: Regist
         "app.yaml:12:9: workflows.pub.steps[0].publish.topic: invalid topic pattern 'a/b': use dot-separated "
         "tokens, '*' for one token, '>' last for the rest",
     ]
+
+
+NATS_APP = """\
+    version: 1
+    name: app
+    modules:
+      - {name: js, type: broker.nats, config: {stream: {name: JOBS, subjects: ["jobs.>", "audit.*"], CREATE}}}
+    workflows:
+      pub:
+        steps:
+          - publish: {broker: js, topic: "PUBLISHED", message: 1}
+      sub:
+        trigger:
+          message: {broker: js, topic: "CONSUMED"}
+        steps: [{log: hi}]
+    """
+
+
+def nats_app(published: str, consumed: str, create: bool = True) -> str:
+    return (NATS_APP.replace("PUBLISHED", published).replace("CONSUMED", consumed)
+            .replace("CREATE", f"create: {str(create).lower()}"))
+
+
+def test_a_nats_topic_outside_the_streams_subjects_is_an_issue_at_the_topic(registry: Registry) -> None:
+    """Its consumer would be refused forever ("not a valid subset") while /readyz said ready."""
+    load(nats_app("jobs.eu.created", "audit.logins"), registry)
+    assert issues(nats_app("billing.created", "audit.logins.eu"), registry) == [
+        "app.yaml:8:38: workflows.pub.steps[0].publish.topic: topic 'billing.created' is not among the subjects "
+        "of stream 'JOBS' (jobs.>, audit.*) (broker.nats module 'js')",
+        "app.yaml:11:36: workflows.sub.trigger.message.topic: topic 'audit.logins.eu' is not among the subjects "
+        "of stream 'JOBS' (jobs.>, audit.*) (broker.nats module 'js')",
+    ]
+    # A stream made elsewhere (`create: false`) has its own subjects: nothing to check them against here.
+    load(nats_app("billing.created", "audit.logins.eu", create=False), registry)
+
+
+@pytest.mark.parametrize(("subject", "topic", "covered"), [
+    (">", "a", True), (">", "a.b.>", True), ("a.>", "a", False), ("a.>", "a.b", True), ("a.>", "a.*", True),
+    ("a.>", "a.>", True), ("a.*", "a.b", True), ("a.*", "a.*", True), ("a.*", "a.>", False), ("a.*", "a.b.c", False),
+    ("a.b", "a.b", True), ("a.b", "a.*", False), ("a.b", "a.c", False), ("a.*.c", "a.b.c", True),
+])
+def test_subject_covers(subject: str, topic: str, covered: bool) -> None:
+    assert subject_covers(subject, topic) is covered

@@ -72,12 +72,15 @@ class ReferenceChecker:
     """Checks that module and workflow references in validated configs name declared things."""
 
     def __init__(
-        self, registry: Registry, locator: Locator, module_types: Mapping[str, str], workflows: set[str]
+        self, registry: Registry, locator: Locator, module_types: Mapping[str, str], workflows: set[str],
+        module_configs: Mapping[str, Any] | None = None,
     ) -> None:
         self._registry = registry
         self._locator = locator
         self._module_types = module_types
         self._workflows = workflows
+        # Raw (unvalidated) module configs by name: what topic checks may depend on (a NATS stream's subjects).
+        self._module_configs = module_configs or {}
 
     def check(self, config: BaseModel, to_yaml: ToYaml) -> RefResult:
         """Walk `config` (nested models, lists and dicts included) and check every marked field."""
@@ -133,7 +136,7 @@ class ReferenceChecker:
         spec = self._registry.modules.get(self._module_types.get(module, ""))
         if spec is None or spec.check_topic is None:
             return
-        problem = spec.check_topic(topic, pattern=marker.pattern)
+        problem = spec.check_topic(topic, pattern=marker.pattern, config=self._module_configs.get(module))
         if problem is not None:
             result.issues.append(self._locator.issue(to_yaml(path), f"{problem} ({spec.type} module '{module}')"))
 

@@ -87,7 +87,8 @@ class _Checker:
         self.raw_modules = [m if isinstance(m, dict) else {} for m in listed]
         self.raw_workflows = workflows if isinstance(workflows, dict) else {}
         self.module_types = self._declared_modules()
-        self.refs = ReferenceChecker(registry, locator, self.module_types, set(self.raw_workflows))
+        configs = {m["name"]: m.get("config") for m in self.raw_modules if isinstance(m.get("name"), str)}
+        self.refs = ReferenceChecker(registry, locator, self.module_types, set(self.raw_workflows), configs)
 
     def run(self, file: str, text: str) -> AppConfig | None:
         """The validated app, or None when any check failed."""

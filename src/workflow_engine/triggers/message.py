@@ -65,7 +65,7 @@ class MessageTrigger(Trigger):
         """Check the topic against the broker module (its wildcard syntax) before anything starts."""
         broker = wiring.modules.get(self.config.broker)
         if isinstance(broker, Broker):
-            problem = broker.check_topic(self.config.topic, pattern=True)
+            problem = broker.check_topic(self.config.topic, pattern=True, config=broker.config)
             if problem:
                 raise WorkflowEngineError(f"workflow '{self.workflow}': message trigger: {problem}",
                                           code="invalid_config")

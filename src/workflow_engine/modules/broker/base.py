@@ -184,8 +184,9 @@ class Broker(Module, abc.ABC):
         return None
 
     @classmethod
-    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
-        """Why `topic` is not usable here (a pattern when `pattern`), or None."""
+    def check_topic(cls, topic: str, *, pattern: bool, config: Any = None) -> str | None:
+        """Why `topic` is not usable here (a pattern when `pattern`), or None. `config`: the module's config (a
+        model, or the raw mapping of a config being validated), for brokers whose topics depend on it."""
         problem = validate_pattern(topic)
         if problem is None and not pattern and ("*" in topic.split(".") or topic.endswith(">")):
             problem = f"cannot publish to a wildcard topic {topic!r}"
@@ -293,7 +294,7 @@ class Broker(Module, abc.ABC):
     async def publish(self, topic: str, body: Any, headers: Mapping[str, str] | None = None,
                       key: str | None = None, *, message_id: str | None = None) -> str:
         """Publish `body` to `topic`; returns the message id once the broker has it (retries while down)."""
-        problem = self.check_topic(topic, pattern=False)
+        problem = self.check_topic(topic, pattern=False, config=self.config)
         if problem:
             raise BrokerError(f"{self.label}: {problem}", code="invalid_topic")
         payload = encode_body(body)
@@ -332,7 +333,7 @@ class Broker(Module, abc.ABC):
                       stop: asyncio.Event | None = None) -> AsyncIterator[Message]:
         """Messages of `topic` for `group`, at most `max_in_flight` unsettled; runs until the caller stops, or
         until `stop` is set and every delivered message is settled."""
-        problem = self.check_topic(topic, pattern=True)
+        problem = self.check_topic(topic, pattern=True, config=self.config)
         if problem:
             raise BrokerError(f"{self.label}: {problem}", code="invalid_topic")
         flow = InFlight(max_in_flight)

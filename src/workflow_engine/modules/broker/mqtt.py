@@ -239,7 +239,7 @@ class MqttBroker(Broker):
         await self._declare(topic, group)
 
     @classmethod
-    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
+    def check_topic(cls, topic: str, *, pattern: bool, config: Any = None) -> str | None:
         if not _TOPIC.match(topic) or topic.startswith("$"):
             return (f"invalid topic {topic!r}: use '/'-separated levels of letters, digits, '_', '-' and '.', "
                     "'+' for one level and '#' last for the rest")

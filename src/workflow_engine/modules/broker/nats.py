@@ -88,6 +88,27 @@ class NatsBroker(Broker):
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
 
+    @classmethod
+    def check_topic(cls, topic: str, *, pattern: bool, config: Any = None) -> str | None:
+        """The subject syntax, and a topic the stream this module creates would not hold (its consumer would be
+        refused forever: "filter subject is not a valid subset"; a publish: "no stream took")."""
+        problem = super().check_topic(topic, pattern=pattern)
+        if problem is not None:
+            return problem
+        stream = getattr(config, "stream", None) or (config.get("stream") if isinstance(config, dict) else None)
+        if isinstance(stream, dict):
+            name, subjects, create = stream.get("name"), stream.get("subjects"), stream.get("create", True)
+        elif stream is not None:
+            name, subjects, create = stream.name, stream.subjects, stream.create
+        else:
+            return None
+        # An existing stream (`create: false`) has the subjects it was made with, which the config may not list.
+        if create is False or not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
+            return None
+        if not any(subject_covers(subject, topic) for subject in subjects):
+            return f"topic {topic!r} is not among the subjects of stream '{name}' ({', '.join(subjects)})"
+        return None
+
     async def _connect(self) -> None:
         cfg = self.cfg
         auth: dict[str, Any] = {k: v for k, v in (("user", cfg.user), ("password", cfg.password),
@@ -279,3 +300,16 @@ SPEC = ModuleSpec(
     summary="NATS JetStream: one stream, durable pull consumers per group, explicit acks, NAK with delay, dead "
             "letters to <topic>.dlq.",
 )
+
+
+def subject_covers(subject: str, topic: str) -> bool:
+    """Whether every subject `topic` matches (a pattern: `*` one token, `>` the rest) is one `subject` matches."""
+    held, wanted = subject.split("."), topic.split(".")
+    for i, token in enumerate(held):
+        if token == ">":
+            return len(wanted) > i
+        if i >= len(wanted) or wanted[i] == ">":
+            return False
+        if token != "*" and token != wanted[i]:
+            return False
+    return len(wanted) == len(held)

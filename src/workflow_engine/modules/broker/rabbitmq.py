@@ -201,7 +201,7 @@ class RabbitMqBroker(Broker):
             raise BrokerError(f"{self.label}: declaring queue of group '{group}' refused: {_describe(exc)}") from exc
 
     @classmethod
-    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
+    def check_topic(cls, topic: str, *, pattern: bool, config: Any = None) -> str | None:
         if not _TOPIC.match(topic):
             return (f"invalid topic {topic!r}: use dot-separated words of letters, digits, '_' and '-', "
                     "'*' for one word and '#' for any number of words")

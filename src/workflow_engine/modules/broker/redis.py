@@ -67,7 +67,7 @@ class RedisBroker(Broker):
         self.client: aioredis.Redis | None = None
 
     @classmethod
-    def check_topic(cls, topic: str, *, pattern: bool) -> str | None:
+    def check_topic(cls, topic: str, *, pattern: bool, config: Any = None) -> str | None:
         if not topic or any(c in topic for c in "*> "):
             return f"invalid topic {topic!r}: Redis Streams topics are stream keys, without wildcards"
         return None
