@@ -36,13 +36,13 @@ def validate(
     """Check config files; print every issue as FILE:LINE:COL: PATH: MESSAGE, exit 1 if any."""
     from workflow_engine.config.validate import load_config
     from workflow_engine.errors import ConfigError
-    from workflow_engine.runtime.program import compile_program
+    from workflow_engine.runtime.program import load_program
 
     registry = _load_registry()
     failed = False
     for config in configs:
         try:
-            compile_program(load_config(config, registry), registry)
+            load_program(lambda: load_config(config, registry), registry)  # noqa: B023  # called at once
         except ConfigError as err:
             failed = True
             for issue in err.issues:

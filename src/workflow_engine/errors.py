@@ -32,8 +32,11 @@ class ConfigError(WorkflowEngineError):
     code = "invalid_config"
     http_status = 400
 
-    def __init__(self, issues: list[Issue]) -> None:
+    def __init__(self, issues: list[Issue], partial: Any = None) -> None:
         self.issues = issues
+        # What did parse of the workflows despite the issues (validation hands it on so that a compile pass can
+        # report template, expression and schema issues in the same run: `runtime.program.load_program`).
+        self.partial = partial
         super().__init__("\n".join(str(issue) for issue in issues) or "invalid configuration")
 
     def to_dict(self) -> dict[str, Any]:

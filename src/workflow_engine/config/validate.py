@@ -53,7 +53,7 @@ def load_config_text(
     unexpanded = {issue.location for issue in env_issues}
     issues += env_issues + [issue for issue in checker.issues if issue.location not in unexpanded]
     if issues or app is None:
-        raise ConfigError(_sorted(issues))
+        raise ConfigError(_sorted(issues), partial=checker.parsed)
     return app
 
 
@@ -81,6 +81,7 @@ class _Checker:
         self.locator = locator
         self.data = data
         self.issues: list[Issue] = []
+        self.parsed: dict[str, tuple[TriggerDef | None, tuple[StepDef, ...], tuple[StepDef, ...]]] = {}
         modules, workflows = data.get("modules"), data.get("workflows")
         # Keep indexes so issues say modules[i] as written; the envelope reports malformed entries.
         listed = modules if isinstance(modules, list) else []
@@ -97,6 +98,8 @@ class _Checker:
         modules, edges = self._modules()
         ordered = self._order(modules, edges)
         workflows = {name: self._workflow(name, raw) for name, raw in self.raw_workflows.items()}
+        # (trigger, steps, on_error) of each workflow as far as they parsed: compiled even when there are issues.
+        self.parsed = {name: (w.trigger, w.steps, w.on_error) for name, w in workflows.items()}
         self._exclusive(workflows)
         if decl is not None:  # module references in engine settings (`event_bus.broker`)
             self.issues += self.refs.check(decl.engine, lambda rel: ("engine", *rel)).issues

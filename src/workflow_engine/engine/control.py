@@ -21,7 +21,7 @@ from workflow_engine.config.validate import load_config_text
 from workflow_engine.errors import ConfigError, DrainingError, UnknownWorkflowError, WorkflowEngineError
 from workflow_engine.modules.eventbus.memory import Event, EventBus, Subscription
 from workflow_engine.runtime.execution import Execution
-from workflow_engine.runtime.program import CompiledWorkflow, compile_program
+from workflow_engine.runtime.program import CompiledWorkflow, load_program
 from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class Control:
 
         def check() -> list[Issue]:
             try:
-                compile_program(load_config_text(text, file, registry), registry)
+                load_program(lambda: load_config_text(text, file, registry), registry)
             except ConfigError as err:
                 return err.issues
             return []

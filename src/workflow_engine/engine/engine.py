@@ -35,7 +35,7 @@ from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.specs import Registry
 from workflow_engine.runtime import maintenance
 from workflow_engine.runtime.execution import Execution
-from workflow_engine.runtime.program import CompiledWorkflow, compile_program
+from workflow_engine.runtime.program import CompiledWorkflow, compile_program, load_program
 from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.step import Services
@@ -255,8 +255,8 @@ class Engine:
         """Apply a new config without restart; returns its version. A bad one raises ConfigError with every
         issue and changes nothing; in-flight executions finish on the code they started with."""
         async with self._reload_lock:
-            app = load_config_text(text, self.app.source_file, self.registry)
-            program = compile_program(app, self.registry)
+            app, program = load_program(lambda: load_config_text(text, self.app.source_file, self.registry),
+                                        self.registry)
             issues = restart_needed(self.app, app)
             if issues:
                 raise ConfigError(issues)

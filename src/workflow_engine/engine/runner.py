@@ -12,6 +12,7 @@ from workflow_engine.config.validate import load_config
 from workflow_engine.engine.engine import Engine
 from workflow_engine.observability.logging import configure_logging
 from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime.program import load_program
 
 log = structlog.get_logger("workflow_engine.run")
 
@@ -19,7 +20,7 @@ log = structlog.get_logger("workflow_engine.run")
 async def serve(config_path: Path, registry: Registry, *, mgmt_addr: str | None = None,
                 store: str | None = None, watch: bool = False) -> None:
     """Run the app in `config_path` until SIGTERM or SIGINT, then drain and return."""
-    app = load_config(config_path, registry)
+    app, _ = load_program(lambda: load_config(config_path, registry), registry)  # every issue at once
     configure_logging(app.engine.log_level, app.engine.log_format)
     engine = Engine(app, registry, mgmt_address=mgmt_addr, store_url=store, watch=watch)
     loop = asyncio.get_running_loop()

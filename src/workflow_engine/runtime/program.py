@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from workflow_engine.config.issues import Issue
-from workflow_engine.config.models import AppConfig, StepDef, WorkflowDef
+from workflow_engine.config.models import AppConfig, StepDef, TriggerDef, WorkflowDef
 from workflow_engine.errors import ConfigError
 from workflow_engine.registry.specs import Registry
 from workflow_engine.runtime.step import StepBuilder, StepNode
@@ -28,6 +30,55 @@ class CompiledWorkflow:
     @property
     def timeout(self) -> float | None:
         return self.defn.timeout
+
+
+def load_program(load: Callable[[], AppConfig], registry: Registry) -> tuple[AppConfig, dict[str, CompiledWorkflow]]:
+    """`load()` the config and compile it, with the issues of both in one ConfigError: when the config has
+    issues, the workflows as far as they parsed are compiled too, so template, JMESPath and JSON Schema issues
+    are reported with the others instead of in a second round."""
+    try:
+        app = load()
+    except ConfigError as err:
+        if not err.partial:
+            raise
+        known = {(i.location, i.path) for i in err.issues}
+        extra = [i for i in _partial_issues(err.partial, registry) if (i.location, i.path) not in known]
+        if not extra:
+            raise
+        raise ConfigError(sorted([*err.issues, *extra], key=lambda i: (i.location.line, i.location.col)),
+                          partial=err.partial) from err
+    return app, compile_program(app, registry)
+
+
+def _partial_issues(parsed: Mapping[str, tuple[TriggerDef | None, tuple[StepDef, ...], tuple[StepDef, ...]]],
+                    registry: Registry) -> list[Issue]:
+    """The compile issues of steps and triggers that parsed in a config with other issues. A factory that
+    fails on such a config (it may rely on references that do not resolve) is skipped: its own issue is
+    already reported."""
+    compiler = TemplateCompiler()
+    issues: list[Issue] = []
+
+    def build(defs: tuple[StepDef, ...]) -> list[StepNode]:
+        nodes = []
+        for defn in defs:
+            builder = StepBuilder(defn, compiler, issues, build, {})
+            try:
+                step = registry.steps[defn.kind].factory(defn.config, builder)
+                if isinstance(defn.common.if_, str):
+                    builder.expression(defn.common.if_, "if")
+            except Exception:  # a step that cannot be built before the other issues are fixed
+                continue
+            nodes.append(StepNode(id=defn.id, kind=defn.kind, step=step, guard=None, timeout=None, retry=None,
+                                  continue_on_error=False, path=defn.path))
+        return nodes
+
+    for name, (trigger, steps, on_error) in parsed.items():
+        if trigger is not None:
+            with contextlib.suppress(Exception):
+                registry.triggers[trigger.kind].factory(trigger.config, TriggerBuilder(name, trigger, compiler, issues))
+        build(steps)
+        build(on_error)
+    return issues
 
 
 def compile_program(

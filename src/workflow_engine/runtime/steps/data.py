@@ -43,7 +43,8 @@ class TransformStep(SyncStep):
         try:
             self.expression = jmespath.compile(config.expression)
         except jmespath.exceptions.JMESPathError as exc:
-            build.issue("transform.expression", f"invalid JMESPath expression {config.expression!r}: {exc}")
+            build.issue("transform.expression", f"invalid JMESPath expression {config.expression!r}: "
+                        f"{_one_line(exc)}")
         self.source = config.expression
         self.data = build.compile(config.data, "transform.data") if config.data is not None else None
 
@@ -86,3 +87,12 @@ TRANSFORM = StepSpec("transform", TransformConfig, TransformStep,
                      "Reshape data with a JMESPath expression.", shorthand="expression")
 VALIDATE = StepSpec("validate", ValidateConfig, ValidateStep,
                     "Check data against a JSON Schema; failure is a 400 for HTTP callers.")
+
+
+def _one_line(exc: Exception) -> str:
+    """jmespath's parse errors print the expression and a caret on lines of their own; an issue is one line."""
+    message = getattr(exc, "message", None) or getattr(exc, "msg", None) or str(exc).splitlines()[0]
+    if isinstance(exc, jmespath.exceptions.IncompleteExpressionError):
+        message = "incomplete expression"
+    position = getattr(exc, "lex_position", None)
+    return f"{message} at column {position + 1}" if isinstance(position, int) else str(message)

@@ -1,13 +1,16 @@
-"""Triggers that would collide are refused at validation: one route per server, method and path shape, one
-workflow per consumer group of a topic, and route paths the server cannot serve."""
+"""Issues across workflows and phases: triggers that would collide (one route per server, method and path shape,
+one workflow per consumer group of a topic), route paths the server cannot serve, and compile issues (templates,
+JMESPath, JSON Schema) reported with the structural ones."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.config.helpers import issues, load
+from workflow_engine.errors import ConfigError
 from workflow_engine.registry.builtins import default_registry
 from workflow_engine.registry.specs import Registry
+from workflow_engine.runtime.program import load_program
 
 APP = """\
     version: 1
@@ -66,3 +69,34 @@ def test_a_route_path_the_server_cannot_serve_is_an_issue_at_the_path(registry: 
     assert len(found) == 1
     assert found[0].startswith("app.yaml:12:54: workflows.b.trigger.http.path: ")
     assert "Duplicated param name id" in found[0]
+
+
+def test_template_expression_and_schema_issues_come_with_the_structural_ones(registry: Registry) -> None:
+    """They are found when steps compile, which used to run only once the config had no other issue: a user
+    fixed one round of issues to be shown the next."""
+    text = """\
+        version: 1
+        name: app
+        modules:
+          - {name: web, type: http.server}
+        workflows:
+          a:
+            trigger: {http: {server: wbe, path: /a}}
+            steps: [{log: "{{ 1 + }}"}]
+          b:
+            steps:
+              - lgo: x
+              - transform: {expression: "foo["}
+              - validate: {schema: {type: objekt}}
+              - if: "{{ input.x == }}"
+                set: {y: 1}
+        """
+    with pytest.raises(ConfigError) as caught:
+        load_program(lambda: load(text, registry), registry)
+    found = [str(issue) for issue in caught.value.issues]
+    assert [line.split(": ", 2)[1] for line in found] == [
+        "workflows.a.trigger.http.server", "workflows.a.steps[0].log.message", "workflows.b.steps[0].lgo",
+        "workflows.b.steps[1].transform.expression", "workflows.b.steps[2].validate.schema",
+        "workflows.b.steps[3].if"]
+    assert all("\n" not in line for line in found)  # one issue, one line
+    assert "invalid JMESPath expression 'foo[': incomplete expression at column 5" in found[3]
