@@ -337,6 +337,9 @@ def test_triggers(registry: Registry) -> None:
         "app.yaml:7:15: workflows.a.trigger.htp: unknown trigger kind 'htp' (did you mean 'http'?)",
         "app.yaml:10:46: workflows.b.trigger.schedule: a trigger has one kind, but 'http' and "
         "'schedule' are both given",
+        # The block has a mistake, and its other fields are still checked in the same round.
+        "app.yaml:14:22: workflows.c.trigger.http.server: module 'bus' is a broker.memory (kind broker); "
+        "expected one of: http_server",
         "app.yaml:14:37: workflows.c.trigger.http.verb: unknown field 'verb' (did you mean 'server'?)",
     ]
 

@@ -100,3 +100,22 @@ def test_template_expression_and_schema_issues_come_with_the_structural_ones(reg
         "workflows.b.steps[3].if"]
     assert all("\n" not in line for line in found)  # one issue, one line
     assert "invalid JMESPath expression 'foo[': incomplete expression at column 5" in found[3]
+
+
+def test_a_mistake_in_a_block_does_not_hide_the_reference_checks_of_its_other_fields(registry: Registry) -> None:
+    found = issues("""\
+        version: 1
+        name: app
+        modules:
+          - {name: rq, type: broker.rabbitmq}
+        workflows:
+          b:
+            trigger: {message: {broker: rq, topic: "orders.>", max_in_flight: 0}}
+            steps:
+              - publish: {broker: rqq, topic: "x", message: 1, headers: 5}
+        """, registry)
+    assert [line.split(": ", 2)[1] for line in found] == [
+        "workflows.b.trigger.message.topic", "workflows.b.trigger.message.max_in_flight",
+        "workflows.b.steps[0].publish.broker", "workflows.b.steps[0].publish.headers"]
+    assert "invalid topic 'orders.>'" in found[0]
+    assert "unknown module 'rqq'" in found[2]

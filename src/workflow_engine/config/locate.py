@@ -68,6 +68,24 @@ class Locator:
             message = f"cannot validate this value ({type(err).__name__}: {err})"
             return None, [self.issue(to_yaml(()), message)]
 
+    @staticmethod
+    def valid_part(model: type[M], data: Any) -> M | None:
+        """`data` (which fails `model`) without its top-level keys that fail, validated: so that checks of the
+        fields that are right (references, topics) run in the same round; None when that fails too."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            model.model_validate(data)
+            return None
+        except ValidationError as err:
+            bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+        except Exception:  # reported by `validate`
+            return None
+        try:
+            return model.model_validate({k: v for k, v in data.items() if k not in bad})
+        except Exception:  # a required field failed, or a cross-field check: nothing to check further
+            return None
+
     def validation_issues(
         self,
         error: ValidationError,

@@ -85,6 +85,8 @@ class StepParser:
         )
         self.issues += issues
         children = self._children(spec.config_model, data, to_yaml)
+        if config is None and (part := self._locator.valid_part(spec.config_model, data)) is not None:
+            self.issues += self._refs.check(part, to_yaml).issues
         if config is None or common is None:
             return None
         self.issues += self._refs.check(config, to_yaml).issues

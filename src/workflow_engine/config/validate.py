@@ -183,6 +183,8 @@ class _Checker:
         config, issues = self.locator.validate(spec.config_model, config_data, to_yaml)
         self.issues += issues
         if config is None:
+            if (part := self.locator.valid_part(spec.config_model, config_data)) is not None:
+                self.issues += self.refs.check(part, to_yaml).issues
             return None, []
         refs = self.refs.check(config, to_yaml)
         self.issues += refs.issues
@@ -251,7 +253,12 @@ class _Checker:
         config, issues = self.locator.validate(spec.config_model, {} if value is None else value,
                                                lambda p: (*path, kind, *p))
         self.issues += issues
-        if config is None or others:
+        if config is None:
+            config_data = {} if value is None else value
+            if (part := self.locator.valid_part(spec.config_model, config_data)) is not None:
+                self.issues += self.refs.check(part, lambda p: (*path, kind, *p)).issues
+            return None
+        if others:
             return None
         self.issues += self.refs.check(config, lambda p: (*path, kind, *p)).issues
         return TriggerDef(kind, config, format_path(path), self.locator.at((*path, kind), key=True))
