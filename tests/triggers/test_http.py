@@ -8,9 +8,10 @@ import httpx
 import jwt
 
 from tests.factories import running_engine
+from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.http.server import HttpServer
 
-APP = """version: 1
+HEADER = """version: 1
 name: app
 engine: {shutdown_grace: 2s, park_after: 1h}
 modules:
@@ -18,21 +19,26 @@ modules:
     type: http.server
     config: {address: "127.0.0.1:0"}
 workflows:
-  echo:
+"""
+APP = HEADER + """  echo:
     trigger: {http: {server: web, method: POST, path: "/items/{item}"}}
     steps:
       - respond: {body: "{{ input }}"}
 """
 
 
+def client_of(engine: Engine) -> httpx.AsyncClient:
+    """A client of the app's `web` server."""
+    server = engine.modules["web"]
+    assert isinstance(server, HttpServer)
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}")
+
+
 async def test_the_workflow_input_holds_method_path_params_query_headers_and_body() -> None:
-    async with running_engine(APP) as engine:
-        server = engine.modules["web"]
-        assert isinstance(server, HttpServer)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
-            answer = await client.post(
-                "/items/a%20b?x=1&x=2&empty=&name=J%C3%B6rg", json={"n": 1},
-                headers=[("X-Trace", "first"), ("X-Trace", "second"), ("X-Custom", "v")])
+    async with running_engine(APP) as engine, client_of(engine) as client:
+        answer = await client.post(
+            "/items/a%20b?x=1&x=2&empty=&name=J%C3%B6rg", json={"n": 1},
+            headers=[("X-Trace", "first"), ("X-Trace", "second"), ("X-Custom", "v")])
     assert answer.status_code == 200
     seen = answer.json()
     assert seen["method"] == "POST"
@@ -49,26 +55,15 @@ async def test_the_workflow_input_holds_method_path_params_query_headers_and_bod
 
 
 async def test_a_request_without_a_query_string_has_an_empty_query() -> None:
-    async with running_engine(APP) as engine:
-        server = engine.modules["web"]
-        assert isinstance(server, HttpServer)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
-            answer = await client.post("/items/7", content=b"plain text", headers={"content-type": "text/plain"})
+    async with running_engine(APP) as engine, client_of(engine) as client:
+        answer = await client.post("/items/7", content=b"plain text", headers={"content-type": "text/plain"})
     assert answer.json()["query"] == {}
     assert answer.json()["query_string"] == ""
     assert answer.json()["body"] == "plain text"
 
 
 SECRET = "s" * 32
-GUARDED = """version: 1
-name: app
-engine: {shutdown_grace: 2s, park_after: 1h}
-modules:
-  - name: web
-    type: http.server
-    config: {address: "127.0.0.1:0"}
-workflows:
-  echo:
+GUARDED = HEADER + """  echo:
     trigger:
       http:
         server: web
@@ -83,9 +78,7 @@ workflows:
 async def test_the_credential_an_auth_middleware_checked_is_not_in_the_input_but_its_claims_are() -> None:
     token = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
     async with running_engine(GUARDED) as engine:
-        server = engine.modules["web"]
-        assert isinstance(server, HttpServer)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        async with client_of(engine) as client:
             by_key = await client.post("/guarded", json={}, headers={"X-API-Key": "the-api-key", "X-Other": "kept"})
             by_token = await client.post("/guarded", json={}, headers={"Authorization": f"Bearer {token}"})
         stored = [await engine.store.get_execution(a.headers["x-execution-id"]) for a in (by_key, by_token)]
@@ -101,15 +94,7 @@ async def test_the_credential_an_auth_middleware_checked_is_not_in_the_input_but
         assert token not in str(record.input)
 
 
-ECHO_HEADER = """version: 1
-name: app
-engine: {shutdown_grace: 2s, park_after: 1h}
-modules:
-  - name: web
-    type: http.server
-    config: {address: "127.0.0.1:0"}
-workflows:
-  echo:
+ECHO_HEADER = HEADER + """  echo:
     trigger: {http: {server: web, path: /echo}}
     steps:
       - respond: {body: ok, headers: {X-Echo: "{{ input.query.v }}"}}
@@ -117,27 +102,16 @@ workflows:
 
 
 async def test_a_header_value_with_a_line_break_fails_the_execution_with_a_json_error() -> None:
-    async with running_engine(ECHO_HEADER) as engine:
-        server = engine.modules["web"]
-        assert isinstance(server, HttpServer)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
-            injected = await client.get("/echo", params={"v": "a\r\nInjected: yes"})
-            plain = await client.get("/echo", params={"v": "fine"})
+    async with running_engine(ECHO_HEADER) as engine, client_of(engine) as client:
+        injected = await client.get("/echo", params={"v": "a\r\nInjected: yes"})
+        plain = await client.get("/echo", params={"v": "fine"})
     assert injected.status_code == 500  # not a dropped connection, and no injected header
     assert "injected" not in injected.headers
     assert injected.json()["error"]["code"] == "invalid_header"
     assert plain.headers["x-echo"] == "fine"
 
 
-KEYED = """version: 1
-name: app
-engine: {shutdown_grace: 2s, park_after: 1h}
-modules:
-  - name: web
-    type: http.server
-    config: {address: "127.0.0.1:0"}
-workflows:
-  refuse:
+KEYED = HEADER + """  refuse:
     trigger: {http: {server: web, method: POST, path: /refuse}}
     steps:
       - fail: {message: "out of stock", code: out_of_stock, status: 422}
@@ -155,12 +129,9 @@ async def test_a_repeated_idempotency_key_gets_the_first_answer_after_a_restart(
     store_url = f"sqlite:///{tmp_path}/store.db"
     answers = []
     for _ in range(2):  # the second engine knows the executions only from the store
-        async with running_engine(KEYED, store_url=store_url) as engine:
-            server = engine.modules["web"]
-            assert isinstance(server, HttpServer)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
-                answers.append([await client.post(path, json={}, headers={"Idempotency-Key": "k-1"})
-                                for path in ("/refuse", "/quick")])
+        async with running_engine(KEYED, store_url=store_url) as engine, client_of(engine) as client:
+            answers.append([await client.post(path, json={}, headers={"Idempotency-Key": "k-1"})
+                            for path in ("/refuse", "/quick")])
     (refused, quick), (refused_again, quick_again) = answers
     assert refused.status_code == refused_again.status_code == 422
     assert refused.json() == refused_again.json()
