@@ -188,14 +188,23 @@ class Recorder:
                 batch.append(self._summaries.get_nowait())
             if not batch:
                 return
-            try:
-                await self.store.create_executions(batch)
-            except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
-                log.error("summary rows not written", count=len(batch), workflows=sorted({r.workflow for r in batch}),
-                          error=exc)
+            await self._insert(batch)
             if self._summaries.empty():
                 return
             batch = []
+
+    async def _insert(self, batch: list[ExecutionRecord]) -> None:
+        try:
+            await self.store.create_executions(batch)
+        except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
+            if len(batch) == 1:
+                log.error("summary row not written", execution_id=batch[0].id, workflow_type=batch[0].workflow,
+                          error=exc)
+                return
+            # One row the store refuses (an output that is not JSON data, say) must not take the others along.
+            log.warning("summary rows refused as a batch; writing them one by one", count=len(batch), error=exc)
+            for record in batch:
+                await self._insert([record])
 
 
 def _take_unsaved(execution: Execution) -> list[StepRecord]:
