@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from workflow_engine.errors import ComponentLoadError
+from workflow_engine.errors import ComponentLoadError, StepError
 from workflow_engine.modules.dynamic.contract import CollectingLog, ComponentContext
 from workflow_engine.modules.dynamic.loader import load_component
 from workflow_engine.modules.dynamic.policy import ImportPolicy
@@ -127,3 +127,15 @@ async def test_pydantic_and_json_schemas_are_checked_on_every_call() -> None:
     with pytest.raises(Exception, match="output is invalid") as bad_output:
         await contract.invoke(ctx, {"items": [0]}, "t")
     assert getattr(bad_output.value, "code", None) == "invalid_output"
+
+
+@pytest.mark.parametrize("returned", ["{'x': {1, 2}}", "{'x': b'raw'}", "{'x': 2 ** 100}", "{1: 'a'}"])
+async def test_an_output_that_is_not_json_data_fails_the_call_as_invalid_output(returned: str) -> None:
+    """It failed later, where the execution was stored, as a store error without a step (inline mode)."""
+    contract = load(f"""
+        def execute(ctx, input):
+            return {returned}
+    """)
+    with pytest.raises(StepError, match="not JSON-serialisable") as caught:
+        await contract.invoke(ComponentContext(CollectingLog(), "e1", 0.0), {}, "t")
+    assert caught.value.code == "invalid_output"

@@ -14,6 +14,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from workflow_engine.errors import ComponentLoadError, StepError, ValidationFailedError
 
 
@@ -167,6 +169,10 @@ class Contract:
                 result = self.output_schema.validate(result, f"component '{name}': output")
             except ValidationFailedError as exc:
                 raise _bad_output(exc.message) from None
+        try:  # as the process mode checks it: an output that is not JSON data fails here, on the step
+            orjson.dumps(result)
+        except TypeError as exc:
+            raise _bad_output(f"component '{name}': the output is not JSON-serialisable: {exc}") from None
         return dict(result)
 
 
