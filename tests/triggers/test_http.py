@@ -140,3 +140,17 @@ async def test_a_repeated_idempotency_key_gets_the_first_answer_after_a_restart(
     assert quick.json() == quick_again.json()
     assert quick_again.headers["x-kind"] == "quick"
     assert quick.headers["x-execution-id"] == quick_again.headers["x-execution-id"]
+
+
+UNAVAILABLE = HEADER.replace("workflows:\n", "  - {name: later, type: dynamic.component, config: {}}\nworkflows:\n") + """  \
+pending:
+    trigger: {http: {server: web, path: /pending}}
+    steps: [{call: later}]
+"""
+
+
+async def test_a_component_without_code_answers_503_a_caller_may_retry() -> None:
+    async with running_engine(UNAVAILABLE) as engine, client_of(engine) as client:
+        answer = await client.get("/pending")
+    assert answer.status_code == 503  # documented (DYNAMIC.md); it was 500
+    assert answer.json()["error"]["code"] == "component_unavailable"

@@ -270,8 +270,10 @@ def execution_response(execution: Execution) -> Response:
     else:  # read back from the store (a repeated Idempotency-Key): the status it answered is in the error
         status = error.get("http_status", 500)
         error = {k: v for k, v in error.items() if k != "http_status"}
-    return error_response(status if isinstance(status, int) and 400 <= status < 500 else 500, error,
-                          execution.id)
+    # 4xx as the workflow said; 503 (an open circuit breaker, a component without code: retry later) as it
+    # is; any other failure is the engine's 500.
+    ok = isinstance(status, int) and (400 <= status < 500 or status == 503)
+    return error_response(status if ok else 500, error, execution.id)
 
 
 def _factory(config: HttpTriggerConfig, build: TriggerBuilder) -> HttpTrigger:
