@@ -142,8 +142,8 @@ async def test_a_repeated_idempotency_key_gets_the_first_answer_after_a_restart(
     assert quick.headers["x-execution-id"] == quick_again.headers["x-execution-id"]
 
 
-UNAVAILABLE = HEADER.replace("workflows:\n", "  - {name: later, type: dynamic.component, config: {}}\nworkflows:\n") + """  \
-pending:
+UNAVAILABLE = HEADER.replace("workflows:\n", "  - {name: later, type: dynamic.component, config: {}}\n"
+                                             "workflows:\n") + """  pending:
     trigger: {http: {server: web, path: /pending}}
     steps: [{call: later}]
 """
