@@ -363,6 +363,35 @@ async def test_a_parked_sleep_holds_no_task_and_completes_after_waking(
     assert await step_keys(probe, execution.id) == {"before": "success", "zz": "success", "after": "success"}
 
 
+@pytest.mark.parametrize("waits", ["sleep: 30s", "wait_for: {topic: never.comes, timeout: 30s}"])
+async def test_the_workflow_timeout_counts_the_time_parked(store_url: str, probe: Store, waits: str) -> None:
+    """A sleep or wait_for long enough to park escaped the workflow's timeout: it ran to its own end."""
+    async with engine_on(store_url, app_yaml(f"""
+        slow:
+          timeout: 600ms
+          steps:
+            - id: zz
+              {waits}
+          on_error:
+            - id: noted
+              set: {{code: "{{{{ error.code }}}}"}}
+    """, engine=ENGINE)) as engine:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        execution = await engine.runtime.admit("slow", {}, trigger="manual")
+        parked = await reaches(probe, execution.id, Status.PARKED)
+        assert parked.wake_at is not None
+        assert parked.wake_at - parked.created_at < 1.0  # it wakes at the workflow's deadline, not in 30 s
+        record = await reaches(probe, execution.id, Status.ERROR, Status.SUCCESS)
+        elapsed = loop.time() - started
+    assert record.status is Status.ERROR
+    assert record.error is not None
+    assert record.error["code"] == "timeout"
+    assert "timed out after 0.6s" in record.error["message"]
+    assert elapsed < 10  # bounded by the timeout and the poll interval, not by the 30 s wait
+    assert (await step_keys(probe, execution.id))["noted"] == "success"
+
+
 async def test_a_parked_sleep_survives_an_engine_restart(
     store_url: str, probe: Store, upstream: tuple[Upstream, str]
 ) -> None:

@@ -32,6 +32,7 @@ class Execution:
         "checkpoints",
         "config_version",
         "created_at",
+        "deadline",
         "done",
         "error",
         "exception",
@@ -76,6 +77,8 @@ class Execution:
         self.checkpoints: dict[str, StepRecord] = {}
         # Checkpoints of replayable steps not written yet: they go with the execution's next write.
         self.unsaved: list[StepRecord] = []
+        # Wall-clock deadline of this attempt under the workflow's `timeout` (None: no timeout, or not started).
+        self.deadline: float | None = None
         self.config_version: int | None = None
         self.idempotency_key: str | None = None
         self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)

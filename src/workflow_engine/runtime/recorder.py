@@ -70,6 +70,8 @@ class Recorder:
                    *, started_at: float, extra: dict[str, Any] | None = None, defer: bool = False) -> StepRecord:
         """Checkpoint one step result (the caller decides whether the workflow is durable). `defer`: a
         replayable step's result, written with the execution's next write instead of now."""
+        if status in ("sleeping", "waiting") and execution.deadline is not None:
+            extra = {**(extra or {}), "workflow_deadline": execution.deadline}  # read back on resume
         record = StepRecord(execution.id, key, status, execution.attempt, output, error, started_at, time.time(),
                             extra or {})
         if defer:

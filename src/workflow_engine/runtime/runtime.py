@@ -239,7 +239,10 @@ class Runtime:
             status = ExecutionStatus.SUCCESS
             execution.settle(status, output)
         except Parked as parked:
-            await self.recorder.park(execution, parked.wake_at, parked.topic, parked.state)
+            wake_at = parked.wake_at
+            if execution.deadline is not None:  # the workflow's timeout comes first: wake up to fail then
+                wake_at = execution.deadline if wake_at is None else min(wake_at, execution.deadline)
+            await self.recorder.park(execution, wake_at, parked.topic, parked.state)
             execution.set_response(Response(202, {"execution_id": execution.id, "status": "parked"},
                                             {"X-Execution-Id": execution.id}))
         except asyncio.CancelledError:
@@ -264,12 +267,22 @@ class Runtime:
     async def _body(self, workflow: CompiledWorkflow, ctx: StepContext, scope: dict[str, Any]) -> Any:
         if workflow.timeout is None:
             return await run_nodes(workflow.steps, ctx, scope)
+        execution = ctx.execution
+        if execution.deadline is None:
+            # The attempt's deadline: kept across parking (a sleep or wait_for checkpoint records it), so that
+            # time parked counts; a new attempt (retry) gets a new one.
+            recorded = [float(c.extra["workflow_deadline"]) for c in execution.checkpoints.values()
+                        if c.attempt == execution.attempt and "workflow_deadline" in c.extra]
+            execution.deadline = max(recorded) if recorded else time.time() + workflow.timeout
+        timed_out = WorkflowTimeoutError(f"workflow '{workflow.name}' timed out after {workflow.timeout:g}s")
+        remaining = execution.deadline - time.time()
+        if remaining <= 0:
+            raise timed_out
         try:
-            async with asyncio.timeout(workflow.timeout):
+            async with asyncio.timeout(remaining):
                 return await run_nodes(workflow.steps, ctx, scope)
         except TimeoutError as exc:
-            raise WorkflowTimeoutError(
-                f"workflow '{workflow.name}' timed out after {workflow.timeout:g}s") from exc
+            raise timed_out from exc
 
     async def _failed(self, workflow: CompiledWorkflow, ctx: StepContext, scope: dict[str, Any],
                       exc: Exception) -> None:
