@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from structlog.testing import capture_logs
 
 from tests.factories import app_yaml, config_issues, executions, finished_runs, running_engine, wait_done
@@ -379,6 +381,27 @@ async def test_subworkflow_failure_propagates_as_subworkflow_failed() -> None:
     assert execution.error["step"] == "child"
     assert execution.error["details"]["code"] == "child_no"
     assert "child says no" in execution.error["message"]
+
+
+async def test_workflows_calling_each_other_in_a_cycle_fail_too_deep_instead_of_hanging() -> None:
+    """Each level held a concurrency slot of its workflow and waited for the next: at 100 levels every slot
+    of both was taken and the chain waited for ever."""
+    async with running_engine(app_yaml("""
+        ping:
+          steps: [{id: pong, workflow: pong}]
+        pong:
+          steps: [{id: ping, workflow: ping}]
+    """)) as engine:
+        execution = await asyncio.wait_for(engine.start_execution("ping", wait=True), 30)
+        assert not engine.runtime.live  # every level ended
+    assert execution.status is ExecutionStatus.ERROR
+    assert execution.error is not None
+    assert execution.error["code"] == "subworkflow_failed"
+    innermost = execution.error
+    while innermost.get("code") == "subworkflow_failed":
+        innermost = innermost["details"]
+    assert innermost["code"] == "too_deep"
+    assert "nested 33 deep (at most 32)" in innermost["message"]
 
 
 async def test_subworkflow_without_wait_returns_its_execution_id() -> None:

@@ -33,6 +33,7 @@ class Execution:
         "config_version",
         "created_at",
         "deadline",
+        "depth",
         "done",
         "error",
         "exception",
@@ -79,6 +80,8 @@ class Execution:
         self.unsaved: list[StepRecord] = []
         # Wall-clock deadline of this attempt under the workflow's `timeout` (None: no timeout, or not started).
         self.deadline: float | None = None
+        # How deep under other executions through `workflow` steps (0: started by a trigger; in this process).
+        self.depth = 0
         self.config_version: int | None = None
         self.idempotency_key: str | None = None
         self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)

@@ -130,6 +130,11 @@ class SubWorkflowConfig(Strict):
     wait: bool = Field(True, description="Wait for it and return its output; otherwise return its execution id.")
 
 
+# Sub-workflows nested deeper fail (`too_deep`): workflows calling each other in a cycle would otherwise take
+# every concurrency slot of both and wait for each other for ever.
+MAX_WORKFLOW_DEPTH = 32
+
+
 class SubWorkflowStep(Step):
     def __init__(self, config: SubWorkflowConfig, build: StepBuilder) -> None:
         self.name = config.name
@@ -138,11 +143,18 @@ class SubWorkflowStep(Step):
 
     async def run(self, ctx: StepContext, scope: Scope) -> Any:
         runtime = ctx.services.runtime
+        depth = ctx.execution.depth + 1
+        if depth > MAX_WORKFLOW_DEPTH:
+            too_deep = StepError(f"sub-workflow '{self.name}' would be nested {depth} deep (at most "
+                                 f"{MAX_WORKFLOW_DEPTH}): do workflows call each other in a cycle?", code="too_deep")
+            too_deep.retryable = False
+            raise too_deep
         # Keyed by parent and step, so a resumed parent finds the child it started instead of starting another.
         key = (f"{ctx.execution.id}:{step_key.get()}:{ctx.execution.attempt}:{step_attempt.get()}"
                if ctx.durable else None)
         child = await runtime.admit_waiting(self.name, self.input.render(scope), trigger="workflow",
                                             parent_id=ctx.execution.id, idempotency_key=key)
+        child.depth = depth  # before its first step runs: it has not been scheduled yet
         if not self.wait:
             return {"execution_id": child.id}
         try:
