@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import textwrap
 
+import nats
+import pytest
+from nats.js.api import StorageType, StreamConfig
+
 from tests.factories import (
     EVENT_WORKFLOWS,
     bus_app_yaml,
@@ -18,6 +22,7 @@ from tests.factories import (
 from tests.modules.broker import brokers_nats
 from tests.modules.broker.conformance import FAST, free_port, unique
 from workflow_engine.engine.engine import Engine
+from workflow_engine.errors import ConfigError
 from workflow_engine.modules.broker.rabbitmq import RabbitMqBroker
 from workflow_engine.modules.eventbus.broker import BrokerEventBus, retry_delay
 from workflow_engine.modules.eventbus.memory import Event
@@ -89,7 +94,17 @@ async def test_an_event_the_broker_refuses_fails_the_publish_step_and_is_counted
     harness = brokers_nats.harness()
     ns = unique("ebf")
     module = {**FAST, **harness.config(ns), "publish_timeout": "300ms"}
-    # The stream holds `<ns>.>` only: the bus topic is outside it, so JetStream refuses every event.
+    # The stream holds `<ns>.>` only: the bus topic is outside it. Validation sees that in the module's config.
+    with pytest.raises(ConfigError, match=f"topic 'other{ns}.events' is not among the subjects of stream"):
+        load_app(app("broker.nats", module, topic=f"other{ns}.events"), default_registry())
+    # A stream made elsewhere (`create: false`): only JetStream can tell, and it refuses every event.
+    nc = await nats.connect(brokers_nats.NATS_URL)
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name=ns.upper(), subjects=[f"{ns}.>"],
+                                                     storage=StorageType.MEMORY))
+    finally:
+        await nc.close()
+    module["stream"] = {**module["stream"], "create": False}  # type: ignore[dict-item]
     text = app("broker.nats", module, topic=f"other{ns}.events")
     try:
         async with running_engine(text) as engine:
