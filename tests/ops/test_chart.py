@@ -157,6 +157,10 @@ def test_secrets_come_from_env_from_and_the_store_is_shared() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "workflow-secrets"}}]
     env = {e["name"]: e for e in container["env"]}
     assert env["WORKFLOW_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "workflow-db", "key": "WORKFLOW_STORE"}
+    # Passed to `run` itself: a config whose engine.store does not read ${WORKFLOW_STORE} still uses it.
+    args = container["args"]
+    assert args[args.index("--store") + 1] == "$(WORKFLOW_STORE)"
+    assert "--store" not in _container(by_kind(render())["Deployment"])["args"]  # no store set: the config's
     assert env["BROKER_URL"]["value"] == "nats://nats:4222"
     with pytest.raises(helm_python.HelmError, match="needs a shared store"):
         render({"replicaCount": 2})
