@@ -119,3 +119,23 @@ async def test_executions_still_running_at_stop_are_cancelled_after_grace() -> N
         execution = await engine.start_execution("w")
     assert execution.status is ExecutionStatus.CANCELLED
     assert executions(engine.metrics, "w", "cancelled") == 1
+
+
+async def test_a_stop_while_the_store_is_unreachable_at_start_ends_the_run() -> None:
+    """It kept retrying the store after SIGTERM (drain logged, /readyz draining) until SIGKILL."""
+    registry = default_registry()
+    engine = Engine(load_app(app_yaml("""
+        w:
+          steps: [{set: {a: 1}}]
+    """), registry), registry, metrics=Metrics(process=False), mgmt_address="127.0.0.1:0",
+                    store_url="postgresql://postgres@127.0.0.1:1/nothing", environ={})
+    run = asyncio.create_task(engine.run())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while engine.health.readiness()[1]["components"].get("store", {}).get("state") != "retrying":
+        assert loop.time() < deadline, "the store never reported retrying"
+        assert not run.done(), run
+        await asyncio.sleep(0.05)
+    engine.request_stop()
+    await asyncio.wait_for(run, 10)  # ends, without an error
+    assert not engine.started.is_set()

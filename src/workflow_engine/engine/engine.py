@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import os
@@ -149,7 +150,9 @@ class Engine:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                await self._open_store()
+                if not await self._unless_stopped(self._open_store()):
+                    log.info("stopped before the store was ready")
+                    return
                 await http_default.start()
                 await self._start(http_default)
                 await self._stop.wait()
@@ -162,6 +165,23 @@ class Engine:
             if self.management is not None:
                 await self.management.stop()
         log.info("engine stopped", app=self.app.name)
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run `work`, unless `request_stop()` comes first (then cancel it): True when it finished. SIGTERM
+        while the store is still unreachable at start must end the process, not wait for the store."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # its error, if any
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
 
     async def _open_store(self) -> None:
         """Connect to the store (retrying while it is down, visible in /readyz), migrate, record the config."""
