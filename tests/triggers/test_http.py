@@ -154,3 +154,22 @@ async def test_a_component_without_code_answers_503_a_caller_may_retry() -> None
         answer = await client.get("/pending")
     assert answer.status_code == 503  # documented (DYNAMIC.md); it was 500
     assert answer.json()["error"]["code"] == "component_unavailable"
+
+
+async def test_credential_headers_are_redacted_where_the_input_is_stored_or_shown() -> None:
+    """Without an auth middleware too: the store and any viewer of the API saw callers' tokens and cookies."""
+    async with running_engine(HEADER + """  seen:
+    trigger: {http: {server: web, path: /seen}}
+    steps:
+      - respond: {body: {auth: "{{ input.headers.authorization }}"}}
+""") as engine, client_of(engine) as client:
+        answer = await client.get("/seen", headers={"Authorization": "Bearer user-secret", "Cookie": "sid=abc",
+                                                    "X-Trace": "t-1"})
+        record = await engine.store.get_execution(answer.headers["x-execution-id"])
+        shown = engine.runtime.get(answer.headers["x-execution-id"])
+    assert answer.json() == {"auth": "Bearer user-secret"}  # the running workflow sees it
+    assert record is not None
+    assert record.input["headers"]["authorization"] == record.input["headers"]["cookie"] == "[redacted]"
+    assert record.input["headers"]["x-trace"] == "t-1"
+    assert shown is not None
+    assert shown.summary()["input"]["headers"]["authorization"] == "[redacted]"

@@ -168,10 +168,26 @@ class Execution:
         """A JSON-ready view of the execution."""
         return {
             "id": self.id, "workflow": self.workflow, "status": str(self.status), "trigger": self.trigger,
-            "attempt": self.attempt, "input": self.input, "output": self.output, "error": self.error,
+            "attempt": self.attempt, "input": recorded_input(self.input), "output": self.output, "error": self.error,
             "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
             "parent_id": self.parent_id,
         }
+
+
+# Request headers that carry credentials: kept from an execution's input where it is stored or shown (the
+# store, the API); the running steps still see them (a workflow may pass a token on).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+REDACTED = "[redacted]"
+
+
+def recorded_input(value: Any) -> Any:
+    """An execution's input as the store and the API keep it: an HTTP request's credential headers redacted."""
+    if type(value) is not dict:
+        return value
+    headers = value.get("headers")
+    if type(headers) is not dict or headers.keys().isdisjoint(CREDENTIAL_HEADERS):
+        return value
+    return {**value, "headers": {k: REDACTED if k in CREDENTIAL_HEADERS else v for k, v in headers.items()}}
 
 
 def error_dict(exc: BaseException) -> dict[str, Any]:

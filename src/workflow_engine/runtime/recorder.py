@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response
+from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response, recorded_input
 from workflow_engine.store.base import Store
 from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
@@ -40,7 +40,8 @@ class Recorder:
     def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
         now = time.time()
         return ExecutionRecord(
-            id=execution.id, workflow=execution.workflow, trigger=execution.trigger, input=execution.input,
+            id=execution.id, workflow=execution.workflow, trigger=execution.trigger,
+            input=recorded_input(execution.input),
             status=status, config_version=execution.config_version, attempt=execution.attempt,
             created_at=execution.created_at, started_at=execution.started_at, updated_at=now,
             owner=self.owner if status not in (Status.SUCCESS, Status.ERROR, Status.CANCELLED) else None,

@@ -27,7 +27,7 @@ from workflow_engine.errors import (
 from workflow_engine.modules.http.middleware import MiddlewareConfig
 from workflow_engine.modules.http.server import HttpServer
 from workflow_engine.registry.specs import ModuleRef, TriggerSpec
-from workflow_engine.runtime.execution import Execution, ExecutionStatus
+from workflow_engine.runtime.execution import REDACTED, Execution, ExecutionStatus
 from workflow_engine.runtime.jsonschema_check import SchemaCheck
 from workflow_engine.runtime.runtime import Runtime
 from workflow_engine.runtime.templates import Value
@@ -218,9 +218,6 @@ async def _request_input(request: Request) -> dict[str, Any] | Response:
         headers[state["credential_header"]] = REDACTED
         payload["auth"] = state["auth"]
     return payload
-
-
-REDACTED = "[redacted]"
 
 
 def _parse_body(raw: bytes, content_type: str) -> Any:
