@@ -15,6 +15,7 @@ import yaml
 
 from tests.ops.chart import by_kind, render
 from tests.ops.tools import ALERTS, CHART, REPO, promtool
+from workflow_engine.durations import parse_duration
 
 FULL = {
     "replicaCount": 3,
@@ -101,6 +102,19 @@ def test_probes_hit_the_management_server() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "management"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "management"}
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 60
+
+
+def test_a_terminating_pod_serves_a_moment_and_has_time_to_drain() -> None:
+    """Endpoints update seconds after a pod starts terminating: without the pause, requests still routed to it
+    got 503 `draining`, then connection refused. The grace period must cover the engine's whole shutdown."""
+    kinds = by_kind(render())
+    pod, container = kinds["Deployment"]["spec"]["template"]["spec"], _container(kinds["Deployment"])
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    config = yaml.safe_load(kinds["ConfigMap"]["data"]["workflow.yaml"])
+    grace = parse_duration(config["engine"].get("shutdown_grace", "30s"))
+    assert pod["terminationGracePeriodSeconds"] >= sleep + grace + 20
+    assert "lifecycle" not in _container(by_kind(render({"preStopSleepSeconds": 0}))["Deployment"])
 
 
 def test_service_monitor_scrapes_the_port_that_serves_metrics() -> None:
