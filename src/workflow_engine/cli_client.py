@@ -268,4 +268,12 @@ def _detail_tables(detail: dict[str, Any]) -> list[Any]:
         steps.add_row(step["step"], step["status"], str(step.get("attempt", 1)),
                       format_duration(step.get("started_at"), step.get("finished_at")),
                       error.get("message", "") if isinstance(error, dict) else str(error))
-    return [*_execution_table(detail), "", steps]
+    holder = Table(show_header=False, box=None)
+    holder.add_column(style="bold")
+    holder.add_column(overflow="fold")
+    holder.add_row("input", _json(detail.get("input")))
+    if detail.get("owner"):
+        lease = detail.get("lease_expires_at")
+        holder.add_row("owner", detail["owner"])
+        holder.add_row("lease until", format_time(lease) + " UTC" if lease is not None else "-")
+    return [*_execution_table(detail), holder, "", steps]

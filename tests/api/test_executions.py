@@ -178,15 +178,21 @@ async def test_cancel_a_running_execution() -> None:
     async with serve_app(blocker.app()) as url, api_engine(SLOW.format(url=url)) as api:
         execution_id = (await api.post("/api/workflows/slow/executions")).json()["id"]
         await asyncio.wait_for(blocker.arrived.wait(), 10)
+        running = (await api.get(f"/api/executions/{execution_id}")).json()
         cancelled = await api.post(f"/api/executions/{execution_id}/cancel")
         again = await api.post(f"/api/executions/{execution_id}/cancel")
         stored = await api.get(f"/api/executions/{execution_id}")
         unknown = await api.post("/api/executions/01900000-0000-7000-8000-000000000000/cancel")
         blocker.release()
+    # Who holds a running execution, and until when (the runbook's stuck-execution check); nobody once it ended.
+    assert running["status"] == "running"
+    assert running["owner"]
+    assert running["lease_expires_at"] > running["created_at"]
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     assert again.json()["status"] == "cancelled"
     assert stored.json()["status"] == "cancelled"
+    assert stored.json()["owner"] is None
     assert unknown.status_code == 404
 
 

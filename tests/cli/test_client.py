@@ -126,6 +126,7 @@ def test_executions_show_lists_the_steps(engine: EngineProcess) -> None:
     assert result.exit_code == 0, result.output
     assert execution_id in result.stdout
     assert "greet" in result.stdout
+    assert '{"name":"s"}' in result.stdout.replace(" ", "")  # the input, which the runbook's checks read
     detail = cli_json(engine, "executions", "show", execution_id)
     assert [step["step"] for step in detail["steps"]] == ["greet"]
     missing = cli(engine, "executions", "show", "01900000-0000-7000-8000-000000000000")

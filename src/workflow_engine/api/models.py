@@ -108,6 +108,10 @@ class ExecutionDetail(ExecutionSummary):
     """An execution with its step checkpoints."""
 
     steps: list[StepCheckpoint]
+    owner: str | None = Field(None, description="The replica running it (durable executions; null when nobody "
+                              "holds it).")
+    lease_expires_at: float | None = Field(None, description="When another replica may take it over unless its "
+                                           "owner heartbeats (Unix seconds).")
 
 
 class ExecutionPage(BaseModel):

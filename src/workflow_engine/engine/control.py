@@ -139,6 +139,8 @@ class Control:
         else:
             raise _not_found(execution_id)
         if record is not None:
+            # Who holds it: the runbook's "live owner or dead owner" question for a stuck execution.
+            summary = {**summary, "owner": record.owner, "lease_expires_at": record.lease_expires_at}
             steps = [_checkpoint(step) for step in await self.engine.store.load_steps(execution_id)]
         else:  # `durable: false`: no checkpoints, only what the running execution holds
             steps = [{"step": key, **value} for key, value in live.steps.items()] if live is not None else []
