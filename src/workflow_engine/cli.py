@@ -154,3 +154,7 @@ def db_upgrade(
 def main() -> None:
     """Entry point of the `workflow` console script."""
     app()
+
+
+if __name__ == "__main__":  # `python -m workflow_engine.cli` (as `python -m workflow_engine`)
+    main()
