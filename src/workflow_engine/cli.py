@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,7 +43,7 @@ def validate(
     failed = False
     for config in configs:
         try:
-            load_program(lambda: load_config(config, registry), registry)  # noqa: B023  # called at once
+            load_program(functools.partial(load_config, config, registry), registry)
         except ConfigError as err:
             failed = True
             for issue in err.issues:
