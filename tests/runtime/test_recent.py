@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from tests.factories import app_yaml, running_engine
+import asyncio
+
+import pytest
+
+from tests.factories import app_yaml, running_engine, wait_until
 from workflow_engine.engine.control import Control
+from workflow_engine.errors import WorkflowEngineError
 from workflow_engine.runtime.execution import ExecutionStatus
-from workflow_engine.runtime.runtime import RECENT_WHOLE
+from workflow_engine.runtime.runtime import RECENT_EXECUTIONS, RECENT_WHOLE
+from workflow_engine.store.records import ExecutionRecord
 
 
 async def test_older_finished_executions_keep_their_summary_but_not_their_payloads() -> None:
@@ -34,3 +40,38 @@ async def test_older_finished_executions_keep_their_summary_but_not_their_payloa
         assert execution.input == {"blob": blob, "n": n}
         assert execution.steps["copy"]["output"]["blob"] == blob
     assert (old_view["status"], old_view["output"], old_view["steps"]) == ("success", {"n": 0}, [])
+
+
+async def test_an_execution_gone_from_memory_before_its_summary_row_is_written_is_still_found() -> None:
+    yaml = app_yaml("""
+        quick:
+          durable: false
+          steps:
+            - set: {n: "{{ input.n }}"}
+    """)
+    async with running_engine(yaml) as engine:
+        recorder = engine.runtime.recorder
+        release = asyncio.Event()
+        insert = recorder._insert
+
+        async def held_insert(batch: list[ExecutionRecord]) -> None:  # the store is slow to take the rows
+            await release.wait()
+            await insert(batch)
+
+        recorder._insert = held_insert  # type: ignore[method-assign]
+        try:
+            runs = [await engine.start_execution("quick", {"n": i}, wait=True) for i in range(RECENT_EXECUTIONS + 5)]
+            first = runs[0].id
+            assert engine.runtime.get(first) is None, "the runtime still holds the oldest execution"
+            assert await engine.store.get_execution(first) is None, "its summary row was written already"
+            api = Control(engine)
+            view = await api.execution(first)
+            assert (view["id"], view["status"], view["output"], view["steps"]) == (first, "success", {"n": 0}, [])
+        finally:
+            release.set()  # also when an assertion failed: the engine stops only once the rows are written
+        await wait_until(lambda: recorder.unwritten(first) is None, "the summary rows are written")
+        stored = await api.execution(first)
+        assert (stored["status"], stored["output"]) == ("success", {"n": 0})
+        with pytest.raises(WorkflowEngineError) as missing:
+            await api.execution("01a236e2-2483-71ad-868d-71e385965669")
+        assert missing.value.http_status == 404

@@ -130,12 +130,16 @@ class Control:
         """One execution with its step checkpoints; 404 when neither the runtime nor the store knows it."""
         if not _ID_SHAPE.match(execution_id):
             raise _not_found(execution_id)
-        live = self.engine.runtime.get(execution_id)
+        runtime = self.engine.runtime
+        live = runtime.get(execution_id)
         record = await self.engine.store.get_execution(execution_id)
         if live is not None:
             summary = _execution(live)
         elif record is not None:
             summary = _record(record)
+        elif (unwritten := runtime.recorder.unwritten(execution_id)) is not None:
+            # `durable: false`, gone from memory, its summary row not written yet: no 404 in between.
+            summary = _record(unwritten)
         else:
             raise _not_found(execution_id)
         if record is not None:

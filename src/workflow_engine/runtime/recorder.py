@@ -36,6 +36,8 @@ class Recorder:
         self.lease = lease
         self.config_version: int | None = None
         self._summaries: asyncio.Queue[ExecutionRecord] = asyncio.Queue(SUMMARY_BUFFER)
+        # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
+        self._unwritten: dict[str, ExecutionRecord] = {}
 
     def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
         now = time.time()
@@ -111,10 +113,15 @@ class Recorder:
         # make it the largest cost of a `durable: false` request; they are kept only by durable workflows.
         record.input = None
         record.output, record.error, record.finished_at = execution.output, execution.error, finished_at
+        self._unwritten[record.id] = record
         try:
             self._summaries.put_nowait(record)
         except asyncio.QueueFull:  # the writer is behind: wait for room (back-pressure, never unbounded)
-            await self._summaries.put(record)
+            try:
+                await self._summaries.put(record)
+            except BaseException:
+                del self._unwritten[record.id]
+                raise
 
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
@@ -168,6 +175,11 @@ class Recorder:
         """Extend this replica's leases."""
         return await self.store.heartbeat(self.owner, execution_ids, time.time() + self.lease)
 
+    def unwritten(self, execution_id: str) -> ExecutionRecord | None:
+        """The summary row of a finished `durable: false` execution that is not in the store yet (queued or
+        being written)."""
+        return self._unwritten.get(execution_id)
+
     async def write_summaries(self) -> None:
         """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
         try:
@@ -191,7 +203,11 @@ class Recorder:
                 batch.append(self._summaries.get_nowait())
             if not batch:
                 return
-            await self._insert(batch)
+            try:
+                await self._insert(batch)
+            finally:
+                for record in batch:
+                    self._unwritten.pop(record.id, None)
             if self._summaries.empty():
                 return
             batch = []

@@ -31,11 +31,15 @@ from workflow_engine.store.records import FINISHED, ExecutionRecord
 log = structlog.get_logger("workflow_engine.runtime")
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
-RECENT_EXECUTIONS = 1000
-# Of those, the newest keep their input and step outputs (for callers that read them right after the end); older
-# ones keep only their summary (status, output, error, times), so large payloads do not hold memory for the
-# next thousand executions.
-RECENT_WHOLE = 100
+# Finished executions kept in memory, for callers that read them right after the end (the API, a repeated
+# Idempotency-Key, in-process callers). Every one of them is also in the store, or queued to be (a `durable:
+# false` summary row: `Control.execution` looks there too), so this is a cache, kept small on purpose: a
+# thousand held executions (a hundred whole), each freed long after it was last touched, cost an HTTP route
+# ~10 % of its CPU per request, and the cyclic collector only a small part of that (bench/RESULTS.md).
+RECENT_EXECUTIONS = 100
+# Of those, the newest keep their input and step outputs; older ones keep only their summary (status, output,
+# error, times), so large payloads do not hold memory for the next executions.
+RECENT_WHOLE = 10
 
 
 class Runtime:
