@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
 import jwt
+import orjson
 
 from tests.factories import running_engine
 from workflow_engine.engine.engine import Engine
@@ -173,3 +175,29 @@ async def test_credential_headers_are_redacted_where_the_input_is_stored_or_show
     assert record.input["headers"]["x-trace"] == "t-1"
     assert shown is not None
     assert shown.summary()["input"]["headers"]["authorization"] == "[redacted]"
+
+
+async def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_closed() -> None:
+    app = APP.replace('config: {address: "127.0.0.1:0"}', 'config: {address: "127.0.0.1:0", body_timeout: 200ms}')
+    async with running_engine(app) as engine:
+        server = engine.modules["web"]
+        assert isinstance(server, HttpServer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            # A client that sends its headers and then only part of the body it announced (slowloris).
+            writer.write(b"POST /items/1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"n\": ")
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()  # until the server closes the connection
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert b"connection: close" in head.lower()
+        assert orjson.loads(body)["error"] == {"code": "body_timeout",
+                                               "message": "request body not received within 0.2s"}
+        # A client that sends its body in time is served as before.
+        async with client_of(engine) as client:
+            assert (await client.post("/items/2", json={"n": 2})).json()["body"] == {"n": 2}
+        assert server.body_deadlines._reading == {}, "a finished read left its deadline behind"

@@ -25,7 +25,7 @@ from workflow_engine.errors import (
     WorkflowEngineError,
 )
 from workflow_engine.modules.http.middleware import MiddlewareConfig
-from workflow_engine.modules.http.server import HttpServer
+from workflow_engine.modules.http.server import BodyDeadlines, HttpServer
 from workflow_engine.registry.specs import ModuleRef, TriggerSpec
 from workflow_engine.runtime.execution import REDACTED, Execution, ExecutionStatus
 from workflow_engine.runtime.jsonschema_check import SchemaCheck
@@ -138,19 +138,22 @@ class HttpTrigger(Trigger):
         self.cache = (ResponseCache(config.cache, build.compile(config.cache.key, "cache.key"))
                       if config.cache else None)
         self.runtime: Runtime | None = None
+        self.deadlines: BodyDeadlines | None = None
 
     def attach(self, wiring: Wiring) -> None:
         server = wiring.modules[self.config.server]
         assert isinstance(server, HttpServer)
         self.runtime = wiring.runtime
+        self.deadlines = server.body_deadlines
         server.add_route(self.config.method, self.config.path, self.handle, self.config.middleware)
 
     async def handle(self, request: Request) -> Response:
         """Turn the request into an execution and its result into the response."""
-        runtime = self.runtime
+        runtime, deadlines = self.runtime, self.deadlines
         assert runtime is not None
+        assert deadlines is not None
         runtime.count_trigger(self.workflow, "http")
-        payload = await _request_input(request)
+        payload = await _request_input(request, deadlines)
         if isinstance(payload, Response):
             return payload
         if self.schema is not None and (errors := self.schema.errors(payload["body"])):
@@ -195,8 +198,12 @@ def _shareable(response: Response) -> bool:
     return True
 
 
-async def _request_input(request: Request) -> dict[str, Any] | Response:
-    raw = await request.body()
+async def _request_input(request: Request, deadlines: BodyDeadlines) -> dict[str, Any] | Response:
+    raw = await deadlines.read(request)
+    if raw is None:
+        # The rest of a body may still come: the connection cannot carry another request.
+        return error_response(408, {"code": "body_timeout", "message": "request body not received within "
+                                    f"{deadlines.timeout:g}s"}, headers={"Connection": "close"})
     scope = request.scope
     # Read from the ASGI scope: Starlette's `url`, `headers` and `query_params` objects cost more than the
     # rest of this function. Same results: lower-case header names, the first of repeated headers, the last

@@ -67,6 +67,9 @@ class HttpServerConfig(Strict):
     shutdown_timeout: Duration = Field(
         10.0, description="How long stopping waits for in-flight requests (whole seconds, rounded up)."
     )
+    body_timeout: Duration = Field(
+        30.0, gt=0, description="How long a client may take to send a request body (then 408, connection closed)."
+    )
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="Proxy addresses trusted for X-Forwarded-For/-Proto (client IP of rate limits and logs).",
@@ -124,6 +127,49 @@ class _Handler:
         if self._access_log:
             _log.info("http_request", server=self._labels[0], method=scope["method"], path=scope["path"],
                       route=self._labels[2], status_code=status, duration_ms=round(seconds * 1000, 3))
+
+
+class BodyDeadlines:
+    """Requests still receiving their body and by when they must have it: a sweeper cancels the late reads.
+
+    One dict entry per request instead of a timer per request (`asyncio.timeout` costs ~4 µs a request; most
+    bodies are complete when the request starts). A late read ends up to a quarter of the timeout (at most
+    a second) after its deadline.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+
+    async def read(self, request: Request) -> bytes | None:
+        """The request's body; None when it did not arrive in time."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = time.monotonic() + self.timeout
+        try:
+            return await request.body()
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise
+            self._late.discard(task)
+            task.uncancel()
+            return None
+        finally:
+            self._reading.pop(task, None)
+
+    async def sweep(self) -> None:
+        """Cancel the reads past their deadline; runs until cancelled."""
+        interval = min(1.0, self.timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._reading:
+                continue
+            now = time.monotonic()
+            for task, deadline in list(self._reading.items()):
+                if deadline < now and task not in self._late:
+                    self._late.add(task)
+                    task.cancel()
 
 
 class _Fallbacks:
@@ -250,6 +296,8 @@ class HttpServer(Module):
         self._switch: _Switch | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
+        self.body_deadlines = BodyDeadlines(config.body_timeout)
+        self._sweeper: asyncio.Task[None] | None = None
 
     def add_route(self, method: str, path: str, endpoint: Endpoint,
                   middleware: MiddlewareConfig | None = None) -> None:
@@ -308,6 +356,7 @@ class HttpServer(Module):
             sock.close()
             exc = task.exception() if task.done() and not task.cancelled() else None
             raise ModuleError(f"{self._label()}: server on {self.config.address} ended while starting: {exc}")
+        self._sweeper = self.ctx.spawn(self.body_deadlines.sweep(), "body-deadlines")
         _log.info("http_server_listening", module=self.name, address=self._address())
 
     async def stop(self) -> None:
@@ -316,6 +365,8 @@ class HttpServer(Module):
         if server is None or task is None:
             return
         server.should_exit = True
+        if self._sweeper is not None:  # requests still reading their body are uvicorn's to end now
+            self._sweeper.cancel()
         # uvicorn itself cancels requests at its graceful timeout; the extra second covers its 0.1 s ticks.
         done, _ = await asyncio.wait({task}, timeout=math.ceil(self.config.shutdown_timeout) + 1.0)
         if not done:
