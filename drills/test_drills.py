@@ -1,7 +1,7 @@
 """`make drill`: the runbook's seven alerts, and EngineNotReady, CircuitBreakerOpen and ExecutionsStuck, each
 induced on a real engine and seen firing and resolving in a real Prometheus that evaluates
-deploy/prometheus/alerts.yml (only `for:` shortened) every second. BrokerBacklogGrowing and DeadLetters have
-promtool unit tests only (DeadLetters looks back 10 minutes, longer than a drill may take).
+deploy/prometheus/alerts.yml (only `for:` shortened) every second. BrokerBacklogGrowing, DeadLetters and
+EngineDown have promtool unit tests only (DeadLetters looks back 10 minutes, longer than a drill may take).
 
 The drills run at once (module fixture), each against its own `workflow run`; each test reports one drill.
 """

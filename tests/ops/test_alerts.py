@@ -16,7 +16,9 @@ from tests.ops.tools import (
     runbook_sections,
 )
 
-OPERATOR_ALERTS = ("EngineNotReady", "CircuitBreakerOpen", "BrokerBacklogGrowing", "DeadLetters", "ExecutionsStuck")
+OPERATOR_ALERTS = (
+    "EngineNotReady", "EngineDown", "CircuitBreakerOpen", "BrokerBacklogGrowing", "DeadLetters", "ExecutionsStuck",
+)
 
 
 def test_promtool_check_rules_accepts_alerts_yml() -> None:

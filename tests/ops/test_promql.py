@@ -22,6 +22,8 @@ from tests.ops.tools import ALERTS, GRAFANA, REPO, RUNBOOKS, alert_rules, promql
 
 # Labels Prometheus attaches to every scraped series (static configs and the ServiceMonitor's Kubernetes SD).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
+# Series Prometheus writes itself for every target (labels: the target's only): no engine exports them.
+SCRAPE_SERIES = {"up"}
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<metric>[a-zA-Z_:][\w:]*)\s*,\s*)?(?P<label>\w+)\)$")
 
 
@@ -41,6 +43,8 @@ def problems(expr: str, live: Exported) -> Iterator[str]:
     found = usage(expr)
     selected: set[str] = set(TARGET_LABELS)
     for selector in found.selectors:
+        if selector.metric in SCRAPE_SERIES:
+            continue
         if selector.metric not in live:
             yield f"metric {selector.metric} is not exported"
             continue
