@@ -152,11 +152,11 @@ class BodyDeadlines:
         except asyncio.CancelledError:
             if task not in self._late:
                 raise
-            self._late.discard(task)
             task.uncancel()
             return None
         finally:
             self._reading.pop(task, None)
+            self._late.discard(task)  # also when the read ended otherwise after all
 
     async def sweep(self) -> None:
         """Cancel the reads past their deadline; runs until cancelled."""
