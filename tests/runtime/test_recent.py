@@ -42,7 +42,9 @@ async def test_older_finished_executions_keep_their_summary_but_not_their_payloa
     assert (old_view["status"], old_view["output"], old_view["steps"]) == ("success", {"n": 0}, [])
 
 
-async def test_an_execution_gone_from_memory_before_its_summary_row_is_written_is_still_found() -> None:
+async def test_an_execution_gone_from_memory_before_its_summary_row_is_written_is_still_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     yaml = app_yaml("""
         quick:
           durable: false
@@ -58,7 +60,7 @@ async def test_an_execution_gone_from_memory_before_its_summary_row_is_written_i
             await release.wait()
             await insert(batch)
 
-        recorder._insert = held_insert  # type: ignore[method-assign]
+        monkeypatch.setattr(recorder, "_insert", held_insert)
         try:
             runs = [await engine.start_execution("quick", {"n": i}, wait=True) for i in range(RECENT_EXECUTIONS + 5)]
             first = runs[0].id
