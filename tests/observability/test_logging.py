@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,7 +14,12 @@ import pytest
 import structlog
 
 from workflow_engine.errors import StepError
-from workflow_engine.observability.logging import configure_logging, get_logger
+from workflow_engine.observability.logging import (
+    bind_log_context,
+    configure_logging,
+    get_logger,
+    reset_log_context,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +109,35 @@ def test_stdlib_records_share_the_renderer_and_context() -> None:
     assert line["event"] == "Task exception was never retrieved t-1"
     assert line["execution_id"] == "ex-2"
     assert line["error"]["type"] == "KeyError"
+
+
+async def test_engine_log_context_is_on_lines_of_its_context_only_and_yields_to_line_keys() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    log = get_logger("test")
+    outer = bind_log_context(request_id="r-1")
+    inner = bind_log_context(execution_id="ex-3", workflow_type="w")
+
+    async def other_task() -> None:  # a task started here inherits the context, and its binds stay its own
+        bind_log_context(execution_id="ex-child")
+        log.info("child")
+
+    await asyncio.create_task(other_task())
+    log.info("bound")
+    log.info("overridden", execution_id="explicit")
+    reset_log_context(inner)
+    log.info("outer only")
+    reset_log_context(outer)
+    log.info("unbound")
+
+    lines = {line["event"]: line for line in _lines(out)}
+    assert (lines["child"]["request_id"], lines["child"]["execution_id"]) == ("r-1", "ex-child")
+    assert (lines["bound"]["request_id"], lines["bound"]["execution_id"], lines["bound"]["workflow_type"]) == (
+        "r-1", "ex-3", "w")
+    assert lines["overridden"]["execution_id"] == "explicit"
+    assert lines["outer only"]["request_id"] == "r-1"
+    assert "execution_id" not in lines["outer only"]
+    assert "request_id" not in lines["unbound"]
 
 
 def test_level_filters_both_structlog_and_stdlib() -> None:

@@ -8,6 +8,7 @@ from structlog.testing import capture_logs
 
 from tests.factories import app_yaml, config_issues, executions, finished_runs, running_engine, wait_done
 from workflow_engine.errors import FailError, StepError, ValidationFailedError
+from workflow_engine.observability.logging import merge_log_context
 from workflow_engine.runtime.execution import ExecutionStatus
 
 # -- set, transform, validate ----------------------------------------------------------------------------------
@@ -498,7 +499,7 @@ async def test_log_writes_the_rendered_message_with_the_execution_context() -> N
                 level: warning
                 fields: {carrier: "{{ input.carrier }}"}
     """)) as engine:
-        with capture_logs() as logs:
+        with capture_logs(processors=[merge_log_context]) as logs:
             execution = await engine.start_execution("w", {"id": 7, "carrier": "ups"}, wait=True)
     assert execution.output == "order 7 shipped"
     entries = [e for e in logs if e["event"] == "order 7 shipped"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import traceback
@@ -22,6 +23,41 @@ _LEADING_KEYS = ("ts", "level", "logger", "event")
 _QUIET_LOGGERS = ("uvicorn.access", "httpx", "httpcore")
 # Loggers some libraries configure with their own handlers; ours must be the only renderer.
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "asyncio")
+
+
+# The engine's own log context (request id, execution id, workflow type): one context variable holding a small
+# dict, set once per binding. structlog's `bind_contextvars` keeps a variable per key and returns a token per
+# key, and a bound logger copies its context: ~4 % of an HTTP route's instructions per request for lines that
+# are almost never written. `merge_log_context` adds the values to the lines that are written.
+_log_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "workflow_engine_log_context", default=None)
+
+LogContextToken = contextvars.Token[dict[str, Any] | None]
+
+
+def bind_log_context(**values: Any) -> LogContextToken:
+    """Add `values` to every line logged from the current context on (this task and the tasks it starts)."""
+    current = _log_context.get()
+    return _log_context.set({**current, **values} if current else values)
+
+
+def reset_log_context(token: LogContextToken) -> None:
+    """Undo the `bind_log_context` that returned `token`."""
+    _log_context.reset(token)
+
+
+def log_context() -> dict[str, Any]:
+    """The values `bind_log_context` bound in the current context."""
+    return dict(_log_context.get() or {})
+
+
+def merge_log_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: the bound log context, under the keys the line does not set itself."""
+    context = _log_context.get()
+    if context:
+        for key, value in context.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 class _EngineHandler(logging.StreamHandler[TextIO]):
@@ -90,7 +126,8 @@ def _is_tty(stream: TextIO) -> bool:
 
 def _shared_processors(console: bool) -> list[Processor]:
     return [
-        structlog.contextvars.merge_contextvars,
+        merge_log_context,
+        structlog.contextvars.merge_contextvars,  # what components bind with structlog's own API
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.PositionalArgumentsFormatter(),

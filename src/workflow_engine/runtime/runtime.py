@@ -18,6 +18,7 @@ from workflow_engine.errors import (
     WorkflowTimeoutError,
 )
 from workflow_engine.ids import uuid7
+from workflow_engine.observability.logging import bind_log_context
 from workflow_engine.observability.metrics import Metrics, WorkflowMeters
 from workflow_engine.runtime.admission import Gate
 from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response, error_dict
@@ -221,8 +222,9 @@ class Runtime:
         meters = self.meters[execution.workflow]
         execution.status = ExecutionStatus.RUNNING
         meters.active.inc()
-        structlog.contextvars.bind_contextvars(execution_id=execution.id, workflow_type=execution.workflow)
-        logger = self._log.bind(execution_id=execution.id, workflow_type=execution.workflow)
+        # Every line logged for the execution from here on carries these (its steps log through `self._log`).
+        bind_log_context(execution_id=execution.id, workflow_type=execution.workflow)
+        logger = self._log
         bus = self.services.bus
         ctx = StepContext(execution, self.services, logger, durable, direct=not durable and not execution.checkpoints
                           and not (execution.lifecycle_events

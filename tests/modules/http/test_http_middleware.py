@@ -7,7 +7,6 @@ from typing import Any
 
 import jwt
 import pytest
-import structlog
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +20,7 @@ from workflow_engine.modules.http.middleware import (
     RateLimitConfig,
     merge_middleware,
 )
+from workflow_engine.observability.logging import log_context
 from workflow_engine.observability.metrics import Metrics
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret!"
@@ -241,7 +241,7 @@ async def test_security_headers_by_default(serve: Serve) -> None:
 
 async def test_request_id_is_echoed_generated_and_bound_to_logs(serve: Serve) -> None:
     async def context(request: Request) -> Response:
-        return JSONResponse(structlog.contextvars.get_contextvars())
+        return JSONResponse(log_context())
 
     _, client = await serve([("GET", "/ctx", context)])
 
@@ -254,7 +254,7 @@ async def test_request_id_is_echoed_generated_and_bound_to_logs(serve: Serve) ->
     assert len(generated.headers["x-request-id"]) == 32
     assert generated.json()["request_id"] == generated.headers["x-request-id"]
     assert too_long.headers["x-request-id"] != "a" * 129
-    assert "request_id" not in structlog.contextvars.get_contextvars()
+    assert "request_id" not in log_context()
 
 
 async def test_middleware_can_be_turned_off(serve: Serve) -> None:

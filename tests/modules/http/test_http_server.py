@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tests.modules.http.conftest import Serve, duration_count, requests_total
@@ -19,6 +18,7 @@ from workflow_engine.errors import ModuleError, ValidationFailedError
 from workflow_engine.modules.base import ModuleContext
 from workflow_engine.modules.http.middleware import MiddlewareConfig
 from workflow_engine.modules.http.server import SPEC, HttpServer, HttpServerConfig
+from workflow_engine.observability.logging import merge_log_context
 from workflow_engine.observability.metrics import Metrics
 
 
@@ -136,7 +136,7 @@ async def test_endpoint_exception_is_500_json_and_logged_with_traceback(
 
     _, client = await serve([("GET", "/broken", broken)])
 
-    with capture_logs(processors=[merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_log_context]) as logs:
         response = await client.get("/broken")
 
     assert response.status_code == 500

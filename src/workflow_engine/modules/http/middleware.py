@@ -29,6 +29,7 @@ from workflow_engine.config.models import Strict
 from workflow_engine.durations import ByteSize, Duration
 from workflow_engine.errors import QueueFullError, WorkflowEngineError
 from workflow_engine.ids import random_hex
+from workflow_engine.observability.logging import bind_log_context, reset_log_context
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Clock = Callable[[], float]
@@ -235,11 +236,11 @@ def _request_id(endpoint: Endpoint) -> Endpoint:
         request_id = _sane_request_id(_raw_header(request, b"x-request-id")) or random_hex(16)
         # Same dict as `request.state`, without building a State object per request.
         request.scope.setdefault("state", {})["request_id"] = request_id
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = bind_log_context(request_id=request_id)
         try:
             response = await endpoint(request)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            reset_log_context(token)
         response.raw_headers.append((b"x-request-id", request_id.encode("latin-1")))
         return response
 
