@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 import pytest
 
 from tests.factories import app_yaml, config_issues, executions, load_app, running_engine, wait_done
-from workflow_engine.engine.engine import Engine
+from workflow_engine.engine.engine import GC_YOUNG_THRESHOLD, Engine
 from workflow_engine.errors import ConfigError, DrainingError
 from workflow_engine.observability.management import ManagementError
 from workflow_engine.observability.metrics import Metrics
@@ -33,6 +34,17 @@ async def test_start_execution_waits_for_the_result_or_returns_at_once() -> None
         await wait_done(started)
         assert started.output == {"greeting": "hello bob"}
         assert executions(engine.metrics, "hello", "success") == 2
+
+
+async def test_a_started_engine_collects_young_garbage_less_often_and_keeps_its_start_out_of_full_passes() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        async with running_engine(HELLO):
+            assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
 
 
 async def test_templates_see_only_the_allowed_environment_variables() -> None:
