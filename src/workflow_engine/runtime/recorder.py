@@ -35,9 +35,10 @@ class Recorder:
         self.owner = owner
         self.lease = lease
         self.config_version: int | None = None
-        self._summaries: asyncio.Queue[ExecutionRecord] = asyncio.Queue(SUMMARY_BUFFER)
+        # (execution id, the store's `summary_row`) of finished `durable: false` executions, for the writer.
+        self._summaries: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(SUMMARY_BUFFER)
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
-        self._unwritten: dict[str, ExecutionRecord] = {}
+        self._unwritten: dict[str, Any] = {}
 
     def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
         now = time.time()
@@ -108,19 +109,30 @@ class Recorder:
                 execution.unsaved[:0] = unsaved
                 raise
             return
-        record = self._record(execution, execution.status, durable=False)
-        # A summary: what ran, when, and how it ended. Input and output (request headers and bodies) would
-        # make it the largest cost of a `durable: false` request; they are kept only by durable workflows.
-        record.input = None
-        record.output, record.error, record.finished_at = execution.output, execution.error, finished_at
-        self._unwritten[record.id] = record
+        # A summary: what ran, when, and how it ended, as the store's own row (built now: the output is not
+        # held for the writer). Input (request headers and bodies) would make it the largest cost of a
+        # `durable: false` request; it is kept only by durable workflows.
+        now = time.time()
         try:
-            self._summaries.put_nowait(record)
+            row = self.store.summary_row(
+                execution.id, workflow=execution.workflow, trigger=execution.trigger, status=execution.status,
+                config_version=execution.config_version, output=execution.output, error=execution.error,
+                attempt=execution.attempt, created_at=execution.created_at, started_at=execution.started_at,
+                finished_at=finished_at, updated_at=now, lease_expires_at=now + self.lease,
+                parent_id=execution.parent_id)
+        except TypeError as exc:  # an output that is not JSON data (a component's set, say): only it is lost
+            log.error("summary row not written", execution_id=execution.id, workflow_type=execution.workflow,
+                      error=exc)
+            return
+        entry = (execution.id, row)
+        self._unwritten[execution.id] = row
+        try:
+            self._summaries.put_nowait(entry)
         except asyncio.QueueFull:  # the writer is behind: wait for room (back-pressure, never unbounded)
             try:
-                await self._summaries.put(record)
+                await self._summaries.put(entry)
             except BaseException:
-                del self._unwritten[record.id]
+                del self._unwritten[execution.id]
                 raise
 
     @staticmethod
@@ -178,7 +190,8 @@ class Recorder:
     def unwritten(self, execution_id: str) -> ExecutionRecord | None:
         """The summary row of a finished `durable: false` execution that is not in the store yet (queued or
         being written)."""
-        return self._unwritten.get(execution_id)
+        row = self._unwritten.get(execution_id)
+        return None if row is None else self.store.summary_record(row)
 
     async def write_summaries(self) -> None:
         """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
@@ -195,7 +208,7 @@ class Recorder:
         finally:
             await self._write_summaries([])
 
-    async def _write_summaries(self, batch: list[ExecutionRecord]) -> None:
+    async def _write_summaries(self, batch: list[tuple[str, Any]]) -> None:
         """Write `batch` plus whatever else is queued, up to SUMMARY_BATCH rows per transaction: one commit
         for many rows is what keeps `durable: false` cheap under load."""
         while True:
@@ -206,24 +219,23 @@ class Recorder:
             try:
                 await self._insert(batch)
             finally:
-                for record in batch:
-                    self._unwritten.pop(record.id, None)
+                for execution_id, _ in batch:
+                    self._unwritten.pop(execution_id, None)
             if self._summaries.empty():
                 return
             batch = []
 
-    async def _insert(self, batch: list[ExecutionRecord]) -> None:
+    async def _insert(self, batch: list[tuple[str, Any]]) -> None:
         try:
-            await self.store.create_executions(batch)
+            await self.store.create_summaries([row for _, row in batch])
         except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
             if len(batch) == 1:
-                log.error("summary row not written", execution_id=batch[0].id, workflow_type=batch[0].workflow,
-                          error=exc)
+                log.error("summary row not written", execution_id=batch[0][0], error=exc)
                 return
-            # One row the store refuses (an output that is not JSON data, say) must not take the others along.
+            # One row the store refuses must not take the others along.
             log.warning("summary rows refused as a batch; writing them one by one", count=len(batch), error=exc)
-            for record in batch:
-                await self._insert([record])
+            for entry in batch:
+                await self._insert([entry])
 
 
 def _take_unsaved(execution: Execution) -> list[StepRecord]:

@@ -55,6 +55,30 @@ class Store(ABC):
     async def create_executions(self, records: Sequence[ExecutionRecord]) -> None:
         """Insert rows without idempotency keys in one transaction (summary rows of `durable: false`)."""
 
+    def summary_row(
+        self, execution_id: str, *, workflow: str, trigger: str, status: Status, config_version: int | None,
+        output: Any, error: dict[str, Any] | None, attempt: int, created_at: float, started_at: float | None,
+        finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
+    ) -> Any:
+        """The summary row of a finished `durable: false` execution, in the form `create_summaries` takes (a
+        store may build its driver's row here, on the caller's side, and refuse an output that is not JSON
+        data at once with TypeError). This default is the ExecutionRecord `create_executions` takes."""
+        return ExecutionRecord(
+            id=execution_id, workflow=workflow, trigger=trigger, input=None, status=status,
+            config_version=config_version, output=output, error=error, attempt=attempt, created_at=created_at,
+            started_at=started_at, finished_at=finished_at, updated_at=updated_at,
+            lease_expires_at=lease_expires_at, parent_id=parent_id, durable=False,
+        )
+
+    async def create_summaries(self, rows: Sequence[Any]) -> None:
+        """Insert `summary_row` rows in one transaction."""
+        await self.create_executions(rows)
+
+    def summary_record(self, row: Any) -> ExecutionRecord:
+        """The ExecutionRecord of a `summary_row` row (one not written yet, asked for by the API)."""
+        assert isinstance(row, ExecutionRecord)
+        return row
+
     @abstractmethod
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
