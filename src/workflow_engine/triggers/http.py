@@ -168,7 +168,7 @@ class HttpTrigger(Trigger):
         try:
             # A synchronous request waits for the end anyway: the execution may run in this task.
             execution = await runtime.admit(self.workflow, payload, trigger="http", counted=True,
-                                            idempotency_key=request.headers.get("idempotency-key"),
+                                            idempotency_key=payload["headers"].get("idempotency-key"),
                                             inline=not self.config.async_)
         except QueueFullError as exc:
             return error_response(503, exc.to_dict(), headers={"Retry-After": str(exc.retry_after)})

@@ -168,10 +168,10 @@ def wrap_endpoint(
         wrapped = _RateLimiter(config.rate_limit, clock).wrap(wrapped)
     if config.cors is not None:
         wrapped = _Cors(config.cors).wrap(wrapped)
-    if config.security_headers:
-        wrapped = _security_headers(wrapped)
     if config.request_id:
-        wrapped = _request_id(wrapped)
+        wrapped = _request_id(wrapped, security_headers=bool(config.security_headers))
+    elif config.security_headers:
+        wrapped = _security_headers(wrapped)
     return wrapped
 
 
@@ -231,7 +231,10 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     return limited
 
 
-def _request_id(endpoint: Endpoint) -> Endpoint:
+def _request_id(endpoint: Endpoint, *, security_headers: bool = False) -> Endpoint:
+    """The request id middleware; with `security_headers`, it adds those too (one layer for both: each
+    layer is a coroutine per request)."""
+
     async def with_request_id(request: Request) -> Response:
         request_id = _sane_request_id(_raw_header(request, b"x-request-id")) or random_hex(16)
         # Same dict as `request.state`, without building a State object per request.
@@ -241,6 +244,8 @@ def _request_id(endpoint: Endpoint) -> Endpoint:
             response = await endpoint(request)
         finally:
             reset_log_context(token)
+        if security_headers:
+            _add_security_headers(response.raw_headers)
         response.raw_headers.append((b"x-request-id", request_id.encode("latin-1")))
         return response
 
@@ -258,21 +263,24 @@ def _sane_request_id(raw: bytes | None) -> str | None:
 def _security_headers(endpoint: Endpoint) -> Endpoint:
     async def with_security_headers(request: Request) -> Response:
         response = await endpoint(request)
-        raw = response.raw_headers
-        has_cache_control = is_json = False
-        for key, value in raw:
-            if key == b"cache-control":
-                has_cache_control = True
-            elif key == b"content-type" and b"json" in value:
-                is_json = True
-        raw.extend(_SECURITY_HEADERS)
-        if not has_cache_control:
-            raw.append(_NO_STORE)
-        if is_json:
-            raw.append(_JSON_CSP)
+        _add_security_headers(response.raw_headers)
         return response
 
     return with_security_headers
+
+
+def _add_security_headers(raw: list[tuple[bytes, bytes]]) -> None:
+    has_cache_control = is_json = False
+    for key, value in raw:
+        if key == b"cache-control":
+            has_cache_control = True
+        elif key == b"content-type" and b"json" in value:
+            is_json = True
+    raw.extend(_SECURITY_HEADERS)
+    if not has_cache_control:
+        raw.append(_NO_STORE)
+    if is_json:
+        raw.append(_JSON_CSP)
 
 
 class _Cors:

@@ -221,11 +221,15 @@ class _PathApp:
         self._not_allowed = not_allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope)(scope, receive, send)
+
+    def handler(self, scope: Scope) -> _Handler:
+        """The handler of the request's method (405, or a CORS preflight, for the others)."""
         method = scope["method"]
         handler = self._handlers.get(method)
         if handler is None:
             handler = self._fallback(scope, method)
-        await handler(scope, receive, send)
+        return handler
 
     def _fallback(self, scope: Scope, method: str) -> _Handler:
         if method == "OPTIONS" and self._preflight:
@@ -238,30 +242,24 @@ class _PathApp:
 
 
 class _App:
-    """The ASGI app: static paths by dict lookup, templates through the Starlette router."""
+    """The ASGI app: static paths by dict lookup, templates through the Starlette router.
+
+    `swap` replaces its routes in place (a config apply): requests in flight finish on the handlers they
+    started with; uvicorn keeps calling this same object."""
 
     def __init__(self, static: dict[str, _PathApp], router: Router) -> None:
         self._static = static
         self._router = router
+
+    def swap(self, other: _App) -> None:
+        self._static, self._router = other._static, other._router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self._static.get(scope["path"])
         if app is None:
             await self._router(scope, receive, send)
         else:
-            await app(scope, receive, send)
-
-
-class _Switch:
-    """The served ASGI app behind one indirection, so a config apply can swap routes atomically."""
-
-    __slots__ = ("app",)
-
-    def __init__(self, app: _App) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+            await app.handler(scope)(scope, receive, send)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -293,7 +291,7 @@ class HttpServer(Module):
         self._clock = clock
         self._routes: dict[str, dict[str, _RouteDecl]] = {}
         self._staged: dict[str, dict[str, _RouteDecl]] | None = None
-        self._switch: _Switch | None = None
+        self._app: _App | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
         self.body_deadlines = BodyDeadlines(config.body_timeout)
@@ -327,8 +325,8 @@ class HttpServer(Module):
         if self._staged is None:
             return
         self._routes, self._staged = self._staged, None
-        if self._switch is not None:
-            self._switch.app = self._build_app()
+        if self._app is not None:
+            self._app.swap(self._build_app())
 
     def discard_routes(self) -> None:
         """Drop the staged routes (the config apply failed)."""
@@ -336,7 +334,7 @@ class HttpServer(Module):
 
     async def start(self) -> None:
         """Bind, start serving in an owned task, and return once the server is listening."""
-        app = self._switch = _Switch(self._build_app())
+        app = self._app = self._build_app()
         sock = self._bind()
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, interface="asgi3",
@@ -378,7 +376,7 @@ class HttpServer(Module):
     @property
     def asgi_app(self) -> ASGIApp | None:
         """The ASGI app uvicorn serves (None before start): for in-process drivers (bench/http_inprocess.py)."""
-        return self._switch
+        return self._app
 
     def describe(self) -> dict[str, Any]:
         """The bound address (the real port when configured with port 0)."""
