@@ -153,12 +153,10 @@ class EngineSubject:
 
     async def settle(self) -> None:
         """Wait until the recorder's background queue (summary rows of `durable: false`) is empty."""
-        queue = getattr(getattr(self.engine, "recorder", None), "_summaries", None)
-        if not isinstance(queue, asyncio.Queue):
-            return
+        recorder = self.engine.recorder
         deadline = time.perf_counter() + 60
-        # Polling: the engine's queue offers no event for "empty" (its writer does not call task_done).
-        while not queue.empty() and time.perf_counter() < deadline:  # noqa: ASYNC110
+        # Polling: the recorder offers no event for "empty".
+        while recorder.summaries_queued() and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
 
     def runner(self, size: int) -> Runner:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
+from workflow_engine.runtime import recorder as recorder_module
 from workflow_engine.runtime.execution import Execution, ExecutionStatus
 from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.store.factory import open_store_from_url
@@ -40,7 +44,8 @@ async def test_a_summary_row_has_what_ran_when_and_how_it_ended_but_not_the_inpu
             assert (record.workflow, record.trigger, record.status, record.output, record.input, record.durable) == (
                 "w", "http", Status.SUCCESS, {"n": 1}, None, False), url
             assert record.created_at == record.started_at == execution.created_at
-            assert record.finished_at is not None and record.finished_at >= record.created_at
+            assert record.finished_at is not None
+            assert record.finished_at >= record.created_at
             assert record.owner is None
 
 
@@ -64,3 +69,30 @@ async def test_a_row_the_store_refuses_loses_only_itself(tmp_path: Path) -> None
             await store.close()
         assert kept == {"e0": {"n": 0}, "e1": {"n": 1}, "e3": {"n": 3}}, url
         assert sorted(e["execution_id"] for e in logs if e["event"] == "summary row not written") == ["e0", "e2"]
+
+
+async def test_a_full_summary_buffer_holds_the_next_execution_until_the_writer_takes_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder_module, "SUMMARY_BUFFER", 3)
+    store = open_store_from_url(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    try:
+        recorder = Recorder(store, "me", 30.0)
+        for n in range(3):
+            await recorder.finished(_finished(f"e{n}", {"n": n}), durable=False)
+        blocked = asyncio.create_task(recorder.finished(_finished("e3", {"n": 3}), durable=False))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        assert recorder.summaries_queued() == 3
+        writer = asyncio.create_task(recorder.write_summaries())
+        await asyncio.wait_for(blocked, 5)
+        while recorder.summaries_queued() or recorder.unwritten("e3") is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        kept = {r.id for r in (await store.list_executions(workflow="w")).items}
+    finally:
+        await store.close()
+    assert kept == {"e0", "e1", "e2", "e3"}

@@ -8,10 +8,13 @@ from pathlib import Path
 import httpx
 import jwt
 import orjson
+import pytest
+from starlette.responses import Response
 
 from tests.factories import running_engine
 from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.http.server import HttpServer
+from workflow_engine.triggers.http import JSON, json_response
 
 HEADER = """version: 1
 name: app
@@ -201,3 +204,14 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_i
         async with client_of(engine) as client:
             assert (await client.post("/items/2", json={"n": 2})).json()["body"] == {"n": 2}
         assert server.body_deadlines._reading == {}, "a finished read left its deadline behind"
+
+
+@pytest.mark.parametrize(("status", "headers"), [
+    (200, {"X-Execution-Id": "e-1"}), (204, None), (304, {}), (101, None),
+    (201, {"Content-Type": "application/problem+json", "X-Extra": "b"}), (200, {"Content-Length": "7"}),
+])
+def test_a_json_response_has_the_headers_starlette_would_give_it(status: int, headers: dict[str, str] | None) -> None:
+    ours = json_response(status, {"x": [1, "é"]}, headers)
+    starlettes = Response(orjson.dumps({"x": [1, "é"]}), status, headers, media_type=JSON)
+    assert (ours.status_code, ours.body, ours.raw_headers) == (
+        starlettes.status_code, starlettes.body, starlettes.raw_headers)

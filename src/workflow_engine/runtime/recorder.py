@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 import structlog
@@ -36,7 +37,10 @@ class Recorder:
         self.lease = lease
         self.config_version: int | None = None
         # (execution id, the store's `summary_row`) of finished `durable: false` executions, for the writer.
-        self._summaries: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(SUMMARY_BUFFER)
+        # A deque and two events rather than an asyncio.Queue: its put_nowait is a Python call chain per row.
+        self._summaries: deque[tuple[str, Any]] = deque()
+        self._queued = asyncio.Event()  # rows are waiting for the writer
+        self._room = asyncio.Event()  # the buffer has room again (set by the writer as it takes rows)
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
         self._unwritten: dict[str, Any] = {}
 
@@ -124,16 +128,16 @@ class Recorder:
             log.error("summary row not written", execution_id=execution.id, workflow_type=execution.workflow,
                       error=exc)
             return
-        entry = (execution.id, row)
         self._unwritten[execution.id] = row
-        try:
-            self._summaries.put_nowait(entry)
-        except asyncio.QueueFull:  # the writer is behind: wait for room (back-pressure, never unbounded)
+        while len(self._summaries) >= SUMMARY_BUFFER:  # the writer is behind: wait for room (back-pressure)
+            self._room.clear()
             try:
-                await self._summaries.put(entry)
+                await self._room.wait()
             except BaseException:
                 del self._unwritten[execution.id]
                 raise
+        self._summaries.append((execution.id, row))
+        self._queued.set()
 
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
@@ -193,27 +197,31 @@ class Recorder:
         row = self._unwritten.get(execution_id)
         return None if row is None else self.store.summary_record(row)
 
+    def summaries_queued(self) -> int:
+        """Summary rows waiting for the writer (not counting a batch being written)."""
+        return len(self._summaries)
+
     async def write_summaries(self) -> None:
         """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
         try:
             while True:
-                batch = [await self._summaries.get()]
-                if self._summaries.qsize() < SUMMARY_BATCH - 1:
-                    try:
-                        await asyncio.sleep(SUMMARY_LINGER)
-                    except asyncio.CancelledError:  # stopping: the row taken is written with the rest
-                        await self._write_summaries(batch)
-                        raise
-                await self._write_summaries(batch)
+                if not self._summaries:
+                    self._queued.clear()
+                    await self._queued.wait()
+                if len(self._summaries) < SUMMARY_BATCH:
+                    await asyncio.sleep(SUMMARY_LINGER)  # cancelled (stopping): the rows are flushed below
+                await self._write_summaries([])
         finally:
             await self._write_summaries([])
 
     async def _write_summaries(self, batch: list[tuple[str, Any]]) -> None:
         """Write `batch` plus whatever else is queued, up to SUMMARY_BATCH rows per transaction: one commit
         for many rows is what keeps `durable: false` cheap under load."""
+        queued = self._summaries
         while True:
-            while len(batch) < SUMMARY_BATCH and not self._summaries.empty():
-                batch.append(self._summaries.get_nowait())
+            while len(batch) < SUMMARY_BATCH and queued:
+                batch.append(queued.popleft())
+            self._room.set()
             if not batch:
                 return
             try:
@@ -221,7 +229,7 @@ class Recorder:
             finally:
                 for execution_id, _ in batch:
                     self._unwritten.pop(execution_id, None)
-            if self._summaries.empty():
+            if not queued:
                 return
             batch = []
 

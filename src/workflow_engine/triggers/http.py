@@ -69,9 +69,37 @@ class HttpTriggerConfig(Strict):
         return value
 
 
+class _JsonResponse(Response):
+    """A JSON answer: Starlette's Response with its raw headers built here, as its `init_headers` builds them
+    (the caller's headers lower-cased first, then Content-Length and Content-Type unless given), without the
+    general path's per-response work."""
+
+    media_type = JSON
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str] | None) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+        has_length = has_type = False
+        for key, _ in raw:
+            if key == b"content-length":
+                has_length = True
+            elif key == b"content-type":
+                has_type = True
+        if not has_length and status >= 200 and status not in (204, 304):
+            raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        if not has_type:
+            raw.append(_JSON_TYPE)
+        self.raw_headers = raw
+
+
+_JSON_TYPE = (b"content-type", JSON.encode("latin-1"))
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     """A JSON response serialised with orjson."""
-    return Response(orjson.dumps(body, default=str), status, headers, media_type=JSON)
+    return _JsonResponse(orjson.dumps(body, default=str), status, headers)
 
 
 def error_response(status: int, error: dict[str, Any], execution_id: str | None = None,
