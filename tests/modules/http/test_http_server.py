@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from structlog.testing import capture_logs
 
@@ -17,7 +18,7 @@ from tests.modules.http.conftest import Serve, duration_count, requests_total
 from workflow_engine.errors import ModuleError, ValidationFailedError
 from workflow_engine.modules.base import ModuleContext
 from workflow_engine.modules.http.middleware import MiddlewareConfig
-from workflow_engine.modules.http.server import SPEC, HttpServer, HttpServerConfig
+from workflow_engine.modules.http.server import SPEC, HttpServer, HttpServerConfig, read_body
 from workflow_engine.observability.logging import merge_log_context
 from workflow_engine.observability.metrics import Metrics
 
@@ -257,3 +258,25 @@ async def test_access_log_is_opt_in(serve: Serve) -> None:
     assert len(lines) == 1
     assert lines[0]["server"] == "loud"
     assert (lines[0]["path"], lines[0]["route"], lines[0]["status_code"]) == ("/items/2", "/items/{id}", 200)
+
+
+async def test_read_body_joins_chunks_caches_the_body_and_raises_on_disconnect() -> None:
+    def request(*messages: dict[str, Any]) -> Request:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+
+    chunked = request({"type": "http.request", "body": b"ab", "more_body": True},
+                      {"type": "http.request", "body": b"", "more_body": True},
+                      {"type": "http.request", "body": b"c"})
+    assert await read_body(chunked) == b"abc"
+    assert await chunked.body() == b"abc"  # Starlette's own reader sees it read
+    assert await read_body(chunked) == b"abc"
+    assert await read_body(request({"type": "http.request"})) == b""
+    gone = request({"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"})
+    with pytest.raises(ClientDisconnect):
+        await read_body(gone)
+    assert await gone.is_disconnected()

@@ -137,7 +137,8 @@ class EventBus:
 
     def wants(self, topic: str) -> bool:
         """True when some subscriber would receive `topic` (lets publishers skip building events)."""
-        return bool(self._matching(topic))
+        subs = self._wants.get(topic)  # `_matching`'s cache, read here: this runs several times per execution
+        return bool(subs if subs is not None else self._matching(topic))
 
     @property
     def backed(self) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import uvicorn
 from pydantic import Field, field_validator
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, Router, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -148,7 +148,7 @@ class BodyDeadlines:
         assert task is not None
         self._reading[task] = time.monotonic() + self.timeout
         try:
-            return await request.body()
+            return await read_body(request)
         except asyncio.CancelledError:
             if task not in self._late:
                 raise
@@ -170,6 +170,30 @@ class BodyDeadlines:
                 if deadline < now and task not in self._late:
                     self._late.add(task)
                     task.cancel()
+
+
+async def read_body(request: Request) -> bytes:
+    """`await request.body()` without its async generator: most bodies are one message. Leaves the request
+    as Starlette's `body()` does (the body cached for later `body()`/`json()` calls, the stream consumed,
+    ClientDisconnect when the client went away)."""
+    if hasattr(request, "_body") or request._stream_consumed:  # read before (by middleware): Starlette's way
+        return await request.body()
+    chunks: list[bytes] = []
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if not message.get("more_body", False):
+                body = b"".join([*chunks, chunk]) if chunks else chunk
+                break
+            chunks.append(chunk)
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+    request._stream_consumed = True
+    request._body = body
+    return body
 
 
 class _Fallbacks:
