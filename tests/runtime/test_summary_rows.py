@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -96,3 +98,30 @@ async def test_a_full_summary_buffer_holds_the_next_execution_until_the_writer_t
     finally:
         await store.close()
     assert kept == {"e0", "e1", "e2", "e3"}
+
+
+async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancellation(tmp_path: Path) -> None:
+    store = open_store_from_url(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    writing = asyncio.Event()
+    real = store.create_summaries
+
+    async def swallowing(rows: Sequence[Any]) -> None:  # as Python 3.11's wait_for can, finishing the write
+        writing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        await real(rows)
+
+    store.create_summaries = swallowing  # type: ignore[method-assign]
+    try:
+        recorder = Recorder(store, "me", 30.0)
+        writer = asyncio.create_task(recorder.write_summaries())
+        await recorder.finished(_finished("e1", {"n": 1}), durable=False)
+        await writing.wait()
+        writer.cancel()
+        done, _ = await asyncio.wait({writer}, timeout=5)
+        assert done == {writer}, "the writer is still waiting after it was cancelled"
+        assert writer.cancelled()
+        assert await store.get_execution("e1") is not None
+    finally:
+        await store.close()

@@ -203,8 +203,14 @@ class Recorder:
 
     async def write_summaries(self) -> None:
         """Background writer of `durable: false` summary rows; runs until cancelled, then flushes."""
+        task = asyncio.current_task()
         try:
             while True:
+                if task is not None and task.cancelling():
+                    # Asked to stop while writing, and the cancellation was swallowed on the way (Python
+                    # 3.11's wait_for does when its inner await finishes at the same moment, as the helper
+                    # process's answer can): stop now rather than wait for rows that will never come.
+                    raise asyncio.CancelledError
                 if not self._summaries:
                     self._queued.clear()
                     await self._queued.wait()
