@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.factories import app_yaml, config_issues, executions, finished_runs, running_engine, wait_done
 from workflow_engine.errors import FailError, StepError, ValidationFailedError
 from workflow_engine.observability.logging import merge_log_context
 from workflow_engine.runtime.execution import ExecutionStatus
+from workflow_engine.runtime.steps.control import bounded_gather
 
 # -- set, transform, validate ----------------------------------------------------------------------------------
 
@@ -571,3 +574,21 @@ def test_publish_to_an_invalid_topic_is_a_config_issue() -> None:
     """))
     assert len(issues) == 1
     assert "publish.topic" in issues[0]
+
+
+async def test_bounded_gather_starts_no_job_after_one_failed() -> None:
+    started: list[int] = []
+
+    def job(index: int) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            started.append(index)
+            await asyncio.sleep(0)
+            if index == 0:
+                raise StepError("first fails", step="x")
+            return index
+
+        return run
+
+    with pytest.raises(StepError, match="first fails"):
+        await bounded_gather([job(i) for i in range(5)], 1)
+    assert started == [0]

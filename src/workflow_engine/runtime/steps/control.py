@@ -139,10 +139,20 @@ async def bounded_gather(jobs: Sequence[Any], limit: int) -> list[Any]:
     """Run coroutine factories with at most `limit` at once; the first failure cancels the rest and is raised."""
     semaphore = asyncio.Semaphore(limit)
     results: list[Any] = [None] * len(jobs)
+    failed = False
 
     async def one(index: int) -> None:
+        nonlocal failed
         async with semaphore:
-            results[index] = await jobs[index]()
+            # A job waiting for a slot is woken by the failed job's release before the group cancels it:
+            # it must not start (its step could already send a request).
+            if failed:
+                return
+            try:
+                results[index] = await jobs[index]()
+            except BaseException:
+                failed = True
+                raise
 
     try:
         async with asyncio.TaskGroup() as group:
