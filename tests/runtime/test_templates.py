@@ -212,3 +212,14 @@ def test_a_value_that_is_not_json_data_becomes_data_or_a_template_error(compiler
         compiler.compile("{{ 2 ** 70 }}").render({})
     assert caught.value.code == "template_error"
     assert "beyond 64 bits" in caught.value.message
+
+
+def test_infinity_or_nan_is_a_template_error_not_an_internal_one(compiler: TemplateCompiler) -> None:
+    for template, scope in (("{{ 'inf' | float }}", {}), ("{{ 'nan' | float }}", {}),
+                            ("{{ input.x | float }}", {"input": {"x": "-inf"}}), ("{{ 1e308 * 10 }}", {})):
+        with pytest.raises(StepError) as caught:
+            compiler.compile(template).render(scope)
+        assert caught.value.code == "template_error", template
+        assert "infinity or NaN" in caught.value.message, template
+    assert compiler.compile("{{ input.x | float }}").render({"input": {"x": "2.5"}}) == 2.5
+    assert compiler.compile("{{ 'inf' | float }} left").render({}) == "inf left"

@@ -9,6 +9,7 @@ on a body without `items`), and a function is not data either (`{{ now }}`: None
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from abc import ABC, abstractmethod
@@ -160,7 +161,11 @@ class Expression(Value):
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
-        if type(value) in _PLAIN:
+        except NameError as exc:  # Jinja folds `'inf' | float` into a name its generated code does not have
+            raise _not_finite(self.source) if exc.name in _FOLDED_FLOATS else StepError(
+                f"template {self.source!r}: {exc}", code="template_error") from exc
+        kind = type(value)
+        if kind in _PLAIN and kind is not float:
             return value
         return self._data(value)
 
@@ -168,6 +173,10 @@ class Expression(Value):
         """A value that is not plain JSON data made into data, where it has an obvious form: sequences (`range`,
         a filter's generator, a set) become lists; an integer JSON cannot carry is an error of this template
         (it would fail later, where the execution is stored, as a store error)."""
+        if type(value) is float:
+            if math.isfinite(value):
+                return value
+            raise _not_finite(self.source)
         if callable(value):  # a function (a global not called) is not data
             return None
         if isinstance(value, int):
@@ -178,6 +187,14 @@ class Expression(Value):
         if isinstance(value, range | tuple | set | frozenset | Iterator | KeysView | ValuesView | ItemsView):
             return list(value)
         return value
+
+
+_FOLDED_FLOATS = frozenset({"inf", "nan"})
+
+
+def _not_finite(source: str) -> StepError:
+    return StepError(f"template {source!r} gives infinity or NaN, which JSON data cannot hold",
+                     code="template_error")
 
 
 class Text(Value):
@@ -192,7 +209,8 @@ class Text(Value):
     def render(self, scope: Mapping[str, Any]) -> Any:
         try:
             return self.render_fn(scope)
-        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError,
+                NameError) as exc:
             raise StepError(f"template {self.source!r}: {exc}", code="template_error") from exc
 
 
