@@ -100,7 +100,9 @@ async def test_a_full_summary_buffer_holds_the_next_execution_until_the_writer_t
     assert kept == {"e0", "e1", "e2", "e3"}
 
 
-async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancellation(tmp_path: Path) -> None:
+async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store = open_store_from_url(f"sqlite:///{tmp_path}/s.db")
     await store.open()
     writing = asyncio.Event()
@@ -112,7 +114,7 @@ async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancell
             await asyncio.sleep(0.2)
         await real(rows)
 
-    store.create_summaries = swallowing  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "create_summaries", swallowing)
     try:
         recorder = Recorder(store, "me", 30.0)
         writer = asyncio.create_task(recorder.write_summaries())

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import bisect
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 _Child = TypeVar("_Child")
 
 
-class _Family(Collector, Generic[_Child]):
+class _Family(ABC, Generic[_Child]):
     """A metric family: one child per label values, created on first use."""
 
     _type = ""
@@ -76,11 +77,13 @@ class _Family(Collector, Generic[_Child]):
             self._samples(metric, dict(zip(self._labelnames, (str(v) for v in values), strict=True)), child)
         return [metric]
 
+    @abstractmethod
     def _child(self) -> _Child:
-        raise NotImplementedError
+        """A new child (one label-value combination)."""
 
+    @abstractmethod
     def _samples(self, metric: Metric, labels: dict[str, str], child: _Child) -> None:
-        raise NotImplementedError
+        """Add `child`'s samples to `metric`."""
 
 
 class CounterChild:
