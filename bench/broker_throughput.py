@@ -143,8 +143,8 @@ async def engine_run(kind: str, ns: str, n: int, durable: bool) -> float:
         await engine.started.wait()
         counter = metrics.workflow_executions.labels("consume", "success")
         started = None
-        while counter._value.get() < n:
-            if started is None and counter._value.get() > 0:
+        while counter.value < n:
+            if started is None and counter.value > 0:
                 started = time.perf_counter()  # from the first finished execution: startup is not throughput
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - (started or time.perf_counter())
