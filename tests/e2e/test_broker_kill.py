@@ -1,7 +1,8 @@
 """Kill test: messages published to a real broker while the `workflow run` consuming them is SIGKILLed twice.
 
 After the last restart every message has exactly one execution in the store (one per idempotency key) and every
-good one succeeded; none is lost; poison messages end in `<topic>.dlq` with their error.
+good one succeeded; none is lost; poison messages end in `<topic>.dlq` with their error. Durable and `durable:
+false` workflows.
 `BROKER_KILL_MESSAGES` sets the count per broker (default 600 to fit the suite's time budget; the issue's
 10,000: `BROKER_KILL_MESSAGES=10000 .venv/bin/pytest tests/e2e/test_broker_kill.py -o timeout=900`).
 
@@ -62,6 +63,7 @@ modules:
     config: {config}
 workflows:
   consume:
+    durable: {durable}
     trigger: {{message: {{broker: bus, topic: "{topic}", max_in_flight: 128}}}}
     concurrency: 64
     on_message_error: {{max_deliveries: 2, initial: 50ms, max: 100ms}}
@@ -136,8 +138,11 @@ def _wait(condition: Callable[[], bool], what: str, limit: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "durable: false"])
 @pytest.mark.parametrize("name", list(BROKERS))
-def test_no_message_lost_or_run_twice_across_two_sigkills(name: str, tmp_path: Path) -> None:
+def test_no_message_lost_or_run_twice_across_two_sigkills(name: str, durable: bool, tmp_path: Path) -> None:
+    """`durable: false` too: a first delivery's execution has no row until it ends, so the store's one row per
+    message rests on the end's insert being refused for a key already taken."""
     with ExitStack() as stack:
         harness = BROKERS[name]()
         if name == "mqtt":
@@ -146,10 +151,10 @@ def test_no_message_lost_or_run_twice_across_two_sigkills(name: str, tmp_path: P
                                         tmp_path / "mosquitto.log"))
             wait_port(port)
             harness = replace(harness, config=lambda ns: brokers_mqtt.mqtt_config(ns, port), cleanup=None)
-        _kill_twice(name, harness, tmp_path)
+        _kill_twice(name, harness, tmp_path, durable=durable)
 
 
-def _kill_twice(name: str, harness: BrokerHarness, tmp_path: Path) -> None:
+def _kill_twice(name: str, harness: BrokerHarness, tmp_path: Path, *, durable: bool) -> None:
     ns = unique("k")
     config = {**harness.config(ns), "health_interval": "500ms", "backlog_interval": "1s"}
     if name == "nats":
@@ -162,7 +167,8 @@ def _kill_twice(name: str, harness: BrokerHarness, tmp_path: Path) -> None:
         config["groups"] = [{"topic": f"{ns}.jobs", "group": "consume"}]
         config["dead_letter_group"] = "inspect"
     app = tmp_path / "app.yaml"
-    app.write_text(APP.format(type=harness.type, config=orjson.dumps(config).decode(), topic=f"{ns}.jobs"))
+    app.write_text(APP.format(type=harness.type, config=orjson.dumps(config).decode(), topic=f"{ns}.jobs",
+                              durable=str(durable).lower()))
     db = tmp_path / "store.db"
     env = {"WORKFLOW_STORE": f"sqlite:///{db}"}
     publisher = Publisher(harness, ns, config)

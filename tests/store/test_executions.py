@@ -10,6 +10,7 @@ import pytest
 from tests.store.conftest import StoreFactory
 from workflow_engine.store.base import Store, StoreError
 from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.sql import SqlStore
 
 NESTED = {
     "text": "grüße, 世界, emoji 🚀, quote \" and \\ backslash",
@@ -187,3 +188,30 @@ async def test_create_executions_inserts_a_batch_in_one_call(store: Store, count
     assert fetched is not None
     assert (fetched.status, fetched.output, fetched.durable, fetched.created_at > 0) == (
         Status.SUCCESS, {"done": count - 1}, False, True)
+
+
+def _keyed_summary(store: Store, execution_id: str, key: str | None) -> object:
+    return store.summary_row(
+        execution_id, workflow="consume", trigger="message", status=Status.SUCCESS, config_version=None,
+        output={"n": 1}, error=None, attempt=1, created_at=1700000000.0, started_at=1700000000.0,
+        finished_at=1700000001.0, updated_at=1700000001.0, lease_expires_at=1700000031.0, parent_id=None,
+        input={"body": {"n": 1}}, idempotency_key=key)
+
+
+@pytest.mark.parametrize("summary_process", [True, False], ids=["child process", "store thread"])
+async def test_summary_rows_with_a_taken_idempotency_key_are_skipped_and_named(
+        make_store: StoreFactory, summary_process: bool) -> None:
+    store = await make_store()
+    if isinstance(store, SqlStore) and not summary_process:
+        store.summary_writer = None  # what `summary_process=False` (and a child given up on) leaves
+    first = _keyed_summary(store, "first", "bus:m1")
+    assert await store.create_summaries([first]) == set()
+    rows = [_keyed_summary(store, "again", "bus:m1"), _keyed_summary(store, "other", "bus:m2"),
+            _keyed_summary(store, "plain", None)]
+    assert await store.create_summaries(rows) == {"again"}
+    assert await store.get_execution("again") is None
+    kept = await store.get_execution("first")
+    assert kept is not None
+    assert (kept.idempotency_key, kept.input, kept.output, kept.durable) == ("bus:m1", {"body": {"n": 1}},
+                                                                             {"n": 1}, False)
+    assert {r.id for r in (await store.list_executions(workflow="consume")).items} == {"first", "other", "plain"}

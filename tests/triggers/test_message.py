@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 
 import orjson
 import pytest
+import structlog.testing
 
 from tests.factories import executions, running_engine, sample, wait_until
 from tests.modules.broker.conformance import Consumer
 from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.broker.message import ERROR_HEADER
+from workflow_engine.store.base import StoreError
+from workflow_engine.store.records import ExecutionRecord, Status
 
 
 def _yaml(steps: str, *, trigger: str = "{broker: bus, topic: orders.created, max_in_flight: 8}",
@@ -146,3 +150,68 @@ async def test_shutdown_acks_the_messages_whose_executions_finish_while_draining
                   status="received") == 4, "nothing taken after the stop"
     assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
                   status="error") == 0
+
+
+async def test_a_durable_false_first_delivery_is_written_once_at_its_end_with_its_key_and_input() -> None:
+    """No row while it runs (its message is unacked: a crash delivers it again); one row, with the message id
+    and the input a later attempt would run on, before the ack."""
+    async with running_engine(_yaml("- sleep: 200ms\n- id: done\n  set: {n: '{{ input.body.n }}'}",
+                                    workflow="durable: false")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        sent = await bus.publish("orders.created", {"n": 4})
+        await wait_until(lambda: len(engine.runtime.live) == 1, "the execution is running")
+        assert await _store_count(engine) == 0
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="acked") == 1, "acked")
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert (record.status, record.idempotency_key, record.output) == ("success", f"bus:{sent}", {"n": 4})
+        assert record.input["body"] == {"n": 4}
+        assert record.durable is False
+
+
+async def test_a_first_delivery_whose_message_id_has_an_execution_is_settled_by_that_execution() -> None:
+    """The same message id published again (count 1) after this process forgot it: its execution runs, its end
+    finds the key taken and is not written, and the message goes the redelivery way: the failed execution
+    that has the key is retried and its success acks the message. One row."""
+    steps = "- id: done\n  set: {n: '{{ input.body.n }}', attempt: '{{ execution.attempt }}'}"
+    async with running_engine(_yaml(steps, workflow="durable: false")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        now = time.time()
+        await engine.store.create_execution(ExecutionRecord(
+            id="earlier", workflow="consume", trigger="message", input={"body": {"n": 9}}, status=Status.ERROR,
+            error={"code": "step_failed", "message": "boom"}, attempt=1, created_at=now, updated_at=now,
+            finished_at=now, idempotency_key="bus:m-1", durable=False))
+        with structlog.testing.capture_logs() as logs:
+            await bus.publish("orders.created", {"n": 1}, message_id="m-1")
+            await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                            direction="in", status="acked") == 1, "acked")
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert (record.id, record.status, record.attempt, record.output) == ("earlier", "success", 2,
+                                                                            {"n": 9, "attempt": 2})
+        assert any(e["event"].startswith("execution end not recorded: another execution has its idempotency")
+                   for e in logs)
+
+
+async def test_a_message_whose_end_cannot_be_written_is_not_acked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store refuses the first delivery's row: nacked and delivered again (never acked unrecorded)."""
+    async with running_engine(_yaml("- id: done\n  set: {n: '{{ input.body.n }}'}",
+                                    workflow="durable: false")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        real = engine.store.create_summaries
+        failures = []
+
+        async def refuse_once(rows: list[object]) -> set[str]:
+            if not failures:
+                failures.append(rows)
+                raise StoreError("store create_summaries failed: disk I/O error")
+            return await real(rows)
+
+        monkeypatch.setattr(engine.store, "create_summaries", refuse_once)
+        await bus.publish("orders.created", {"n": 3})
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="acked") == 1, "acked after a redelivery")
+        assert len(failures) == 1
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="nacked") == 1
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert (record.status, record.output) == ("success", {"n": 3})

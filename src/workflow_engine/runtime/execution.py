@@ -35,12 +35,14 @@ class Execution:
         "deadline",
         "depth",
         "done",
+        "end_error",
         "error",
         "exception",
         "finished_at",
         "id",
         "idempotency_key",
         "input",
+        "key_presumed_new",
         "lifecycle_events",
         "output",
         "parent_id",
@@ -84,6 +86,11 @@ class Execution:
         self.depth = 0
         self.config_version: int | None = None
         self.idempotency_key: str | None = None
+        # The caller presumes no execution has the key yet (a message's first delivery): a `durable: false`
+        # execution is then recorded only at its end, its row carrying the key (see Recorder).
+        self.key_presumed_new = False
+        # Why recording its end failed (None: recorded, or not finished yet); a message is then not acked.
+        self.end_error: BaseException | None = None
         self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()

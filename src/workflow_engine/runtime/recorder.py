@@ -1,6 +1,9 @@
 """Writes an execution's life to the store: recorded before it starts, each step before the next, its end.
 
-Workflows with `durable: false` keep only a summary row, written by a background writer after they finish.
+Workflows with `durable: false` keep only a summary row, written by a background writer after they finish. A
+keyed `durable: false` execution whose key is presumed new (`Execution.key_presumed_new`: a message's first
+delivery) is not written before it runs either: its summary row carries the key and the input, and its end waits
+until the writer has committed it (a taken key raises `KeyTakenError`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import structlog
 
 from workflow_engine.runtime.execution import Execution, ExecutionStatus, Response, recorded_input
-from workflow_engine.store.base import Store
+from workflow_engine.store.base import Store, StoreError
 from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
 log = structlog.get_logger("workflow_engine.recorder")
@@ -28,6 +31,14 @@ SUMMARY_LINGER = 0.05
 ANSWER_KEY = "$answer"
 
 
+class KeyTakenError(StoreError):
+    """The end of an execution recorded only at its end was not written: another execution of its workflow has
+    its idempotency key (a message delivered twice, both deliveries run)."""
+
+    code = "idempotency_key_taken"
+    http_status = 409
+
+
 class Recorder:
     """The runtime's only way to the store."""
 
@@ -36,9 +47,11 @@ class Recorder:
         self.owner = owner
         self.lease = lease
         self.config_version: int | None = None
-        # (execution id, the store's `summary_row`) of finished `durable: false` executions, for the writer.
-        # A deque and two events rather than an asyncio.Queue: its put_nowait is a Python call chain per row.
-        self._summaries: deque[tuple[str, Any]] = deque()
+        # (execution id, the store's `summary_row`, the future of an end that waits for it or None) of finished
+        # `durable: false` executions, for the writer. A deque and two events rather than an asyncio.Queue: its
+        # put_nowait is a Python call chain per row.
+        self._summaries: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
+        self._waited = 0  # queued rows whose execution waits for them: the writer does not let rows gather
         self._queued = asyncio.Event()  # rows are waiting for the writer
         self._room = asyncio.Event()  # the buffer has room again (set by the writer as it takes rows)
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
@@ -59,7 +72,7 @@ class Recorder:
     async def create(self, execution: Execution, *, running: bool, durable: bool) -> ExecutionRecord | None:
         """Record a new execution; returns the existing record when its idempotency key was used before."""
         execution.config_version = self.config_version
-        if not durable and execution.idempotency_key is None:
+        if not durable and (execution.idempotency_key is None or execution.key_presumed_new):
             return None  # its summary row is written when it finishes
         if running:
             execution.started_at = execution.created_at
@@ -100,7 +113,8 @@ class Recorder:
     async def finished(self, execution: Execution, durable: bool) -> None:
         """Record the end: at once for durable workflows, through the summary writer otherwise."""
         finished_at = execution.finished_at or time.time()
-        if durable or execution.idempotency_key is not None:
+        keyed = execution.idempotency_key is not None
+        if durable or (keyed and not execution.key_presumed_new):
             unsaved = _take_unsaved(execution)
             # A repeated Idempotency-Key gets the first answer back, from any replica, after any restart: a
             # `durable: false` execution has no `respond` checkpoint to give it, so its answer is recorded.
@@ -115,7 +129,8 @@ class Recorder:
             return
         # A summary: what ran, when, and how it ended, as the store's own row (built now: the output is not
         # held for the writer). Input (request headers and bodies) would make it the largest cost of a
-        # `durable: false` request; it is kept only by durable workflows.
+        # `durable: false` request; it is kept only by durable workflows and keyed rows (the next attempt of a
+        # failed message execution runs on it).
         now = time.time()
         try:
             row = self.store.summary_row(
@@ -123,10 +138,13 @@ class Recorder:
                 config_version=execution.config_version, output=execution.output, error=execution.error,
                 attempt=execution.attempt, created_at=execution.created_at, started_at=execution.started_at,
                 finished_at=finished_at, updated_at=now, lease_expires_at=now + self.lease,
-                parent_id=execution.parent_id)
+                parent_id=execution.parent_id, input=recorded_input(execution.input) if keyed else None,
+                idempotency_key=execution.idempotency_key)
         except TypeError as exc:  # an output that is not JSON data (a component's set, say): only it is lost
             log.error("summary row not written", execution_id=execution.id, workflow_type=execution.workflow,
                       error=exc)
+            if keyed:
+                raise StoreError(f"execution {execution.id} not recorded: {exc}") from exc
             return
         self._unwritten[execution.id] = row
         while len(self._summaries) >= SUMMARY_BUFFER:  # the writer is behind: wait for room (back-pressure)
@@ -136,8 +154,16 @@ class Recorder:
             except BaseException:
                 del self._unwritten[execution.id]
                 raise
-        self._summaries.append((execution.id, row))
+        if not keyed:
+            self._summaries.append((execution.id, row, None))
+            self._queued.set()
+            return
+        # Its end is recorded once the row is committed (the caller acks a message then).
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._summaries.append((execution.id, row, written))
+        self._waited += 1
         self._queued.set()
+        await written
 
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
@@ -214,42 +240,68 @@ class Recorder:
                 if not self._summaries:
                     self._queued.clear()
                     await self._queued.wait()
-                if len(self._summaries) < SUMMARY_BATCH:
+                if len(self._summaries) < SUMMARY_BATCH and not self._waited:
                     await asyncio.sleep(SUMMARY_LINGER)  # cancelled (stopping): the rows are flushed below
                 await self._write_summaries([])
         finally:
-            await self._write_summaries([])
+            try:
+                await self._write_summaries([])
+            finally:
+                self._fail_waiting(StoreError("the summary writer stopped before the execution's end was written"))
 
-    async def _write_summaries(self, batch: list[tuple[str, Any]]) -> None:
+    async def _write_summaries(self, batch: list[tuple[str, Any, asyncio.Future[None] | None]]) -> None:
         """Write `batch` plus whatever else is queued, up to SUMMARY_BATCH rows per transaction: one commit
         for many rows is what keeps `durable: false` cheap under load."""
         queued = self._summaries
         while True:
             while len(batch) < SUMMARY_BATCH and queued:
-                batch.append(queued.popleft())
+                entry = queued.popleft()
+                if entry[2] is not None:
+                    self._waited -= 1
+                batch.append(entry)
             self._room.set()
             if not batch:
                 return
             try:
                 await self._insert(batch)
             finally:
-                for execution_id, _ in batch:
+                for execution_id, _, written in batch:
                     self._unwritten.pop(execution_id, None)
+                    if written is not None and not written.done():  # the batch was interrupted (stopping)
+                        written.set_exception(StoreError(f"execution {execution_id}: its end was not written"))
             if not queued:
                 return
             batch = []
 
-    async def _insert(self, batch: list[tuple[str, Any]]) -> None:
+    async def _insert(self, batch: list[tuple[str, Any, asyncio.Future[None] | None]]) -> None:
         try:
-            await self.store.create_summaries([row for _, row in batch])
+            taken = await self.store.create_summaries([row for _, row, _ in batch])
         except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
             if len(batch) == 1:
-                log.error("summary row not written", execution_id=batch[0][0], error=exc)
+                execution_id, _, written = batch[0]
+                log.error("summary row not written", execution_id=execution_id, error=exc)
+                if written is not None and not written.done():
+                    written.set_exception(exc)
                 return
             # One row the store refuses must not take the others along.
             log.warning("summary rows refused as a batch; writing them one by one", count=len(batch), error=exc)
             for entry in batch:
                 await self._insert([entry])
+            return
+        for execution_id, _, written in batch:
+            if written is None or written.done():
+                continue
+            if execution_id in taken:
+                written.set_exception(KeyTakenError(
+                    f"execution {execution_id} not recorded: another execution has its idempotency key"))
+            else:
+                written.set_result(None)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        """Executions still waiting for rows that will not be written now are told so (never left waiting)."""
+        for _, _, written in self._summaries:
+            if written is not None and not written.done():
+                written.set_exception(exc)
 
 
 def _take_unsaved(execution: Execution) -> list[StepRecord]:

@@ -25,7 +25,7 @@ from workflow_engine.runtime.execution import Execution, ExecutionStatus, Respon
 from workflow_engine.runtime.interpreter import run_nodes
 from workflow_engine.runtime.parking import Parked
 from workflow_engine.runtime.program import CompiledWorkflow, unknown_checkpoints
-from workflow_engine.runtime.recorder import Recorder
+from workflow_engine.runtime.recorder import KeyTakenError, Recorder
 from workflow_engine.runtime.step import Services, StepContext
 from workflow_engine.store.records import FINISHED, ExecutionRecord
 
@@ -41,6 +41,10 @@ RECENT_EXECUTIONS = 100
 # Of those, the newest keep their input and step outputs; older ones keep only their summary (status, output,
 # error, times), so large payloads do not hold memory for the next executions.
 RECENT_WHOLE = 10
+# Idempotency keys of the newest executions admitted with `key_presumed_new` (key -> execution id): a key seen
+# here again (a message published twice) is not presumed new, so a second execution does not run beside the
+# first while the first has no row yet. Ids only: the executions themselves are not held.
+RECENT_KEYS = 10_000
 
 
 class Runtime:
@@ -59,6 +63,7 @@ class Runtime:
         self.live: dict[str, Execution] = {}
         self.recent: OrderedDict[str, Execution] = OrderedDict()
         self._whole: deque[Execution] = deque()
+        self._keys: dict[str, str] = {}
         self.services: Services | None = None
         self._spawn: Spawn | None = None
         self._trigger_counters: dict[tuple[str, str], Any] = {}
@@ -99,7 +104,7 @@ class Runtime:
     async def admit(
         self, workflow: str, input: Any, *, trigger: str, idempotency_key: str | None = None,
         parent_id: str | None = None, counted: bool = False, lifecycle_events: bool = True, wait: bool = False,
-        inline: bool = False,
+        inline: bool = False, key_presumed_new: bool = False,
     ) -> Execution:
         """The one admission function: record the execution, then run it now, queue it, or refuse it.
 
@@ -111,6 +116,9 @@ class Runtime:
         start at once runs in the caller's task and has finished when this returns; no task of its own, no
         wake-up. Only for `durable: false` workflows whose answer is known at their end (`inline_ok`): with a
         `respond` step before other steps, the caller must get its answer before the rest runs.
+        `key_presumed_new`: the caller has no reason to think the key was used (a message's first delivery): a
+        `durable: false` execution is then written only at its end, with the key; if another execution has the
+        key by then, its `end_error` is a `KeyTakenError` and the caller admits it again without this.
         """
         gate = self._gate(workflow)  # unknown names are refused before they become metric series
         if not counted:
@@ -121,10 +129,23 @@ class Runtime:
             await gate.wait_for_room()
             if not self.accepting:  # the engine began to shut down while this waited
                 raise DrainingError("engine is shutting down; no new executions are accepted")
+        if key_presumed_new and idempotency_key is not None:
+            seen = self._keys.get(idempotency_key)
+            if seen is not None:
+                earlier = self.get(seen)
+                if earlier is not None:
+                    return earlier  # the caller waits for its outcome, as for a key found in the store
+                key_presumed_new = False  # forgotten here: the store has it (or its row is on the way)
         gate.reserve()
         execution = Execution(uuid7(), workflow, input, trigger, parent_id)
         execution.lifecycle_events = lifecycle_events
         execution.idempotency_key = idempotency_key
+        if key_presumed_new and idempotency_key is not None:
+            execution.key_presumed_new = True
+            keys = self._keys
+            keys[idempotency_key] = execution.id
+            if len(keys) > RECENT_KEYS:
+                del keys[next(iter(keys))]
         execution.program = self.workflows[workflow]
         predicted = gate.active < gate.concurrency and not gate.queue
         try:
@@ -320,7 +341,12 @@ class Runtime:
             elif execution.status is not ExecutionStatus.PARKED:
                 await self.recorder.release(execution)
                 _interrupted(execution)
+        except KeyTakenError as exc:  # a duplicate delivery: the caller finds the execution that has the key
+            execution.end_error = exc
+            log.warning("execution end not recorded: another execution has its idempotency key",
+                        execution_id=execution.id, workflow_type=execution.workflow)
         except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
+            execution.end_error = exc
             log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,
                       error=exc)
         finally:

@@ -59,20 +59,29 @@ class Store(ABC):
         self, execution_id: str, *, workflow: str, trigger: str, status: Status, config_version: int | None,
         output: Any, error: dict[str, Any] | None, attempt: int, created_at: float, started_at: float | None,
         finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
+        input: Any = None, idempotency_key: str | None = None,
     ) -> Any:
         """The summary row of a finished `durable: false` execution, in the form `create_summaries` takes (a
         store may build its driver's row here, on the caller's side, and refuse an output that is not JSON
-        data at once with TypeError). This default is the ExecutionRecord `create_executions` takes."""
+        data at once with TypeError). This default is the ExecutionRecord `create_executions` takes. `input`
+        and `idempotency_key`: a keyed execution recorded only at its end (a message's first delivery)."""
         return ExecutionRecord(
-            id=execution_id, workflow=workflow, trigger=trigger, input=None, status=status,
+            id=execution_id, workflow=workflow, trigger=trigger, input=input, status=status,
             config_version=config_version, output=output, error=error, attempt=attempt, created_at=created_at,
             started_at=started_at, finished_at=finished_at, updated_at=updated_at,
-            lease_expires_at=lease_expires_at, parent_id=parent_id, durable=False,
+            lease_expires_at=lease_expires_at, idempotency_key=idempotency_key, parent_id=parent_id, durable=False,
         )
 
-    async def create_summaries(self, rows: Sequence[Any]) -> None:
-        """Insert `summary_row` rows in one transaction."""
-        await self.create_executions(rows)
+    async def create_summaries(self, rows: Sequence[Any]) -> set[str]:
+        """Insert `summary_row` rows in one transaction. Returns the ids of keyed rows not inserted because
+        another execution of their workflow has their idempotency key (this default inserts those one by one)."""
+        plain = [row for row in rows if row.idempotency_key is None]
+        await self.create_executions(plain)
+        taken: set[str] = set()
+        for row in rows:
+            if row.idempotency_key is not None and not (await self.create_execution(row))[1]:
+                taken.add(row.id)
+        return taken
 
     def summary_record(self, row: Any) -> ExecutionRecord:
         """The ExecutionRecord of a `summary_row` row (one not written yet, asked for by the API)."""

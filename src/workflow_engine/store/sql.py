@@ -33,6 +33,7 @@ from workflow_engine.store.records import ComponentSource, ExecutionRecord, Page
 from workflow_engine.store.runner import Outcome, Runner, runner_for
 from workflow_engine.store.schema import EXECUTION_FIELDS, JsonText, executions
 from workflow_engine.store.statements import statements_for, update_statement
+from workflow_engine.store.writer_child import SKIP_TAKEN_KEYS, skipped_keyed_rows
 from workflow_engine.store.writer_process import StoreRowsRefusedError, WriterGone, WriterProcess
 
 _UPDATABLE = EXECUTION_FIELDS - {"id"}
@@ -217,6 +218,7 @@ class SqlStore(Store):
         self, execution_id: str, *, workflow: str, trigger: str, status: Status, config_version: int | None,
         output: Any, error: dict[str, Any] | None, attempt: int, created_at: float, started_at: float | None,
         finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
+        input: Any = None, idempotency_key: str | None = None,
     ) -> Any:
         """On SQLite, the driver's row itself (`_row`'s tuple), built in one expression: an ExecutionRecord
         and `_row` cost ~3 us a row more, on the event loop."""
@@ -225,24 +227,25 @@ class SqlStore(Store):
                 execution_id, workflow=workflow, trigger=trigger, status=status, config_version=config_version,
                 output=output, error=error, attempt=attempt, created_at=created_at, started_at=started_at,
                 finished_at=finished_at, updated_at=updated_at, lease_expires_at=lease_expires_at,
-                parent_id=parent_id)
+                parent_id=parent_id, input=input, idempotency_key=idempotency_key)
         # In _EXECUTION_COLUMNS order (checked at import).
-        return (execution_id, workflow, trigger, None, str(status), config_version,
+        return (execution_id, workflow, trigger, None if input is None else orjson.dumps(input).decode(),
+                str(status), config_version,
                 None if output is None else orjson.dumps(output).decode(),
                 None if error is None else orjson.dumps(error).decode(),
-                attempt, created_at, started_at, finished_at, updated_at, None, lease_expires_at, None, parent_id,
-                None, None, None, False)
+                attempt, created_at, started_at, finished_at, updated_at, None, lease_expires_at, idempotency_key,
+                parent_id, None, None, None, False)
 
-    async def create_summaries(self, rows: Sequence[Any]) -> None:
-        """Insert `summary_row` rows in one transaction (through the helper process on a SQLite file)."""
+    async def create_summaries(self, rows: Sequence[Any]) -> set[str]:
+        """Insert `summary_row` rows in one transaction (through the helper process on a SQLite file); returns
+        the ids of keyed rows not inserted because their idempotency key belongs to another execution."""
         if not self._sqlite:
-            await super().create_summaries(rows)
-            return
+            return await super().create_summaries(rows)
         if not rows:
-            return
+            return set()
         runner = self._open_runner("create_summaries")
         async with self._errors("create_summaries"):
-            await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
+            return await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
 
     def summary_record(self, row: Any) -> ExecutionRecord:
         """The ExecutionRecord of a `summary_row` row."""
@@ -255,23 +258,24 @@ class SqlStore(Store):
         values["status"] = Status(values["status"])
         return ExecutionRecord(**values)
 
-    async def _insert_sqlite_rows(self, runner: Runner, rows: list[tuple[Any, ...]], operation: str) -> None:
+    async def _insert_sqlite_rows(self, runner: Runner, rows: list[tuple[Any, ...]], operation: str) -> set[str]:
         by_process = await self._insert_by_process(rows, operation)
-        if by_process:
-            return
+        if isinstance(by_process, set):
+            return by_process
         # After a child failed (by_process False) it may have committed the batch first: rows already
         # there (same id) are skipped; any other constraint still fails the batch.
         retry = by_process is False
-        await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry))
+        return await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry))
 
-    async def _insert_by_process(self, rows: list[tuple[Any, ...]], operation: str) -> bool | None:
-        """Commit summary rows through the helper process: True once done; False when the helper failed and
-        the store must write them itself; None when there is no helper."""
+    async def _insert_by_process(self, rows: list[tuple[Any, ...]], operation: str) -> set[str] | bool | None:
+        """Commit summary rows through the helper process: once done, the ids of rows skipped because their
+        idempotency key is taken; False when the helper failed and the store must write them itself; None when
+        there is no helper."""
         writer = self.summary_writer
         if writer is None:
             return None
         try:
-            await writer.insert(rows)
+            return await writer.insert(rows)
         except WriterGone as exc:
             if writer.disabled is not None:  # said once: from now on the thread writes every batch
                 self.summary_writer = None
@@ -284,7 +288,6 @@ class SqlStore(Store):
             return False
         except StoreRowsRefusedError as exc:
             raise StoreError(f"store {operation} failed ({self.url}): {exc}") from exc
-        return True
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
@@ -486,6 +489,7 @@ _SUMMARY_ROW_ORDER = ("id", "workflow", "trigger", "input", "status", "config_ve
                       "idempotency_key", "parent_id", "wake_at", "wait_topic", "wait_state", "durable")
 if _EXECUTION_COLUMNS != _SUMMARY_ROW_ORDER:
     raise RuntimeError(f"SqlStore.summary_row writes {_SUMMARY_ROW_ORDER}, the table has {_EXECUTION_COLUMNS}")
+_KEY_COLUMN = _EXECUTION_COLUMNS.index("idempotency_key")
 # Rows per multi-row INSERT on SQLite, largest first (a batch is cut into these, so few statements are ever
 # prepared); SQLite before 3.32 binds at most 999 values per statement.
 _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0) else (32, 8, 2, 1)
@@ -495,10 +499,11 @@ _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0
 def _insert_sqlite_sql(rows: int, skip_existing: bool) -> str:
     values = f"({', '.join('?' * len(_EXECUTION_COLUMNS))})"
     upsert = " ON CONFLICT (id) DO NOTHING" if skip_existing else ""
-    return f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)}{upsert}"
+    return (f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) VALUES {', '.join([values] * rows)} "
+            f"{SKIP_TAKEN_KEYS}{upsert}")
 
 
-def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_existing: bool = False) -> None:
+def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_existing: bool = False) -> set[str]:
     """Insert summary rows (`_row` tuples) on SQLite, on the store's thread: many rows per statement.
 
     The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
@@ -506,12 +511,19 @@ def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_exi
     cost the loop more than its own work. A multi-row INSERT binds a chunk at once and runs it in one step.
     (Plain tuples, not SQLAlchemy parameters: its per-row bind processing cost ~40 us a row.)
     """
-    start = 0
+    start, inserted = 0, 0
     for size in _SQLITE_CHUNKS:
         while len(rows) - start >= size:
             chunk = rows[start:start + size]
-            conn.exec_driver_sql(_insert_sqlite_sql(size, skip_existing), tuple(itertools.chain.from_iterable(chunk)))
+            result = conn.exec_driver_sql(_insert_sqlite_sql(size, skip_existing),
+                                          tuple(itertools.chain.from_iterable(chunk)))
+            inserted += result.rowcount
             start += size
+    if inserted == len(rows):
+        return set()
+    # Some rows were skipped: keys taken, or (`skip_existing`) ids already there (a batch the child committed
+    # before it failed), which are there.
+    return skipped_keyed_rows(conn.connection.driver_connection, rows, _KEY_COLUMN)  # type: ignore[arg-type]
 
 
 def _row(record: ExecutionRecord) -> tuple[Any, ...]:

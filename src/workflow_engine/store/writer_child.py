@@ -19,9 +19,26 @@ CHILD_PRAGMAS = ("PRAGMA busy_timeout=1000", "PRAGMA synchronous=NORMAL")
 BUSY = "busy: "  # the prefix of a refusal for want of the write lock (the rows themselves were fine)
 
 
+# A keyed row whose idempotency key another execution of its workflow has is skipped (the caller is told); any
+# other constraint fails the batch.
+SKIP_TAKEN_KEYS = "ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+
+
 def insert_sql(columns: Sequence[str]) -> str:
     """The INSERT statement of one summary row, its values in `columns` order."""
-    return f"INSERT INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    return f"INSERT INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {SKIP_TAKEN_KEYS}"
+
+
+def skipped_keyed_rows(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]], key_column: int) -> set[str]:
+    """Ids of the keyed rows of a batch just inserted that are not in the table: their idempotency key was taken.
+    `key_column`: the position of `idempotency_key` in a row."""
+    ids = [row[0] for row in rows if row[key_column] is not None]
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found.update(r[0] for r in conn.execute(
+            f"SELECT id FROM executions WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+    return set(ids) - found
 
 
 def serve(database: str, stdin: Any, stdout: Any) -> int:
@@ -33,20 +50,25 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
         header = stdin.readline()
         if not header:
             return 0
-        statement = insert_sql(json.loads(header))
+        columns = json.loads(header)
+        statement, key_column = insert_sql(columns), columns.index("idempotency_key")
         for line in stdin:
             seq, rows = json.loads(line)
-            error = None
+            error, skipped = None, []
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                before = conn.total_changes
                 conn.executemany(statement, rows)
+                if conn.total_changes - before < len(rows):
+                    skipped = sorted(skipped_keyed_rows(conn, rows, key_column))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
                 error = f"{BUSY if busy else ''}{type(exc).__name__}: {exc}"
+                skipped = []
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            stdout.write(json.dumps([seq, error]).encode() + b"\n")
+            stdout.write(json.dumps([seq, error, skipped]).encode() + b"\n")
             stdout.flush()
         return 0
     finally:

@@ -9,7 +9,8 @@ and writes them to a pipe.
 
 Protocol, one JSON document per line: the parent's first line is the column list, then every line is
 `[seq, rows]` (rows: arrays in column order, JSON columns already as text); the child answers each with
-`[seq, null]` once the rows are committed, or `[seq, "message"]` when the transaction failed (rolled back;
+`[seq, null, skipped]` once the rows are committed (`skipped`: ids of keyed rows not inserted because another
+execution has their idempotency key), or `[seq, "message", []]` when the transaction failed (rolled back;
 "busy: ..." when the write lock could not be had).
 End of input: the child exits. The child opens its own connection to the same file (WAL: the engine's
 connection keeps reading and writing; the busy timeout orders the writers).
@@ -64,9 +65,10 @@ class WriterProcess:
         self.python = sys.executable
         self.disabled: str | None = None  # why no child is started any more
 
-    async def insert(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Commit `rows` through the child; WriterGone when it is not there to do it, StoreRowsRefusedError
-        with SQLite's message when it refused them.
+    async def insert(self, rows: Sequence[Sequence[Any]]) -> set[str]:
+        """Commit `rows` through the child; returns the ids of keyed rows skipped because their idempotency key
+        is taken. WriterGone when the child is not there to do it, StoreRowsRefusedError with SQLite's message
+        when it refused them.
 
         A caller cancelled while it waits (shutdown) leaves its batch with the child, which commits it as the
         store's thread would have; the next call skips that batch's answer."""
@@ -89,7 +91,7 @@ class WriterProcess:
             if not line:
                 code = await self._discard()
                 raise WriterGone(f"summary writer process exited (code {code})")
-            seq, error = orjson.loads(line)
+            seq, error, skipped = orjson.loads(line)
             if seq != self._seq:
                 await self._discard()
                 raise WriterGone(f"summary writer process answered batch {seq} for batch {self._seq}")
@@ -97,6 +99,7 @@ class WriterProcess:
                 if error.startswith(BUSY):
                     raise WriterGone(f"summary writer process found the database locked: {error}")
                 raise StoreRowsRefusedError(str(error))
+            return set(skipped)
 
     async def _answer(self, stdout: asyncio.StreamReader) -> bytes:
         """The child's answer to the current batch (b"" at end of output); answers to batches whose callers

@@ -27,6 +27,7 @@ from workflow_engine.modules.broker.base import Broker, reraise_if_cancelled
 from workflow_engine.modules.broker.message import Message
 from workflow_engine.registry.specs import ModuleRef, TopicRef, TriggerSpec
 from workflow_engine.runtime.execution import Execution, ExecutionStatus
+from workflow_engine.runtime.recorder import KeyTakenError
 from workflow_engine.triggers.base import Trigger, TriggerBuilder, Wiring
 
 log = structlog.get_logger("workflow_engine.message")
@@ -100,8 +101,14 @@ class _Handler:
     async def handle(self, message: Message) -> None:
         """Supervision boundary: whatever happens, the message is settled or left for redelivery, and logged."""
         try:
-            execution = await self._execution(message)
+            # A first delivery presumes no execution has its message id yet (`durable: false`: its row is then
+            # written once, at the end); its end finds out if one had, and the message goes the redelivery way.
+            execution = await self._execution(message, presumed_new=message.delivery_count <= 1)
             done = await self._outcome(message, execution)
+            if isinstance(done.end_error, KeyTakenError):
+                done = await self._outcome(message, await self._execution(message, presumed_new=False))
+            if done.end_error is not None:
+                raise done.end_error  # not recorded: not acked, delivered again
             await self._settle(message, done)
         except asyncio.CancelledError:
             raise
@@ -116,11 +123,12 @@ class _Handler:
             if message.settled is None:
                 await self._quietly(message.nack(self.policy.initial))
 
-    async def _execution(self, message: Message) -> Execution:
+    async def _execution(self, message: Message, *, presumed_new: bool) -> Execution:
         key = f"{self.broker.name}:{message.id}"
         # The handler waits for the outcome anyway: a `durable: false` execution may run in this task.
         execution = await self.runtime.admit(self.workflow, message.to_input(), trigger="message",
-                                             idempotency_key=key, wait=True, inline=True)
+                                             idempotency_key=key, wait=True, inline=True,
+                                             key_presumed_new=presumed_new)
         if execution.task is asyncio.current_task():
             return execution  # this delivery's own execution, run here just now: its outcome settles it
         if execution.status in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
