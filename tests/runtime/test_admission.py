@@ -140,3 +140,24 @@ async def test_retry_after_grows_with_the_queue_and_stays_bounded() -> None:
     assert gate.retry_after() > short.retry_after() >= 1
     gate.recent_seconds = 1000.0
     assert gate.retry_after() == 60
+
+
+async def test_wait_for_slot_waits_for_a_free_slot_not_for_a_queue_place() -> None:
+    """A caller that runs the execution in its own task (a message handler) waits until it would run at once:
+    a queued execution takes a freed slot first, and only a slot with nobody queued wakes the slot waiter."""
+    gate = Gate("orders", concurrency=1, queue_size=5)
+    gate.offer(execution(1))
+    gate.offer(execution(2))  # queued
+    assert gate.has_room()
+    slot = asyncio.create_task(gate.wait_for_slot())
+    room = asyncio.create_task(gate.wait_for_room())
+    await settle()
+    assert room.done()  # the queue has room
+    assert not slot.done()
+    nxt = gate.release(0.01)  # e1 ends: e2 takes the slot
+    assert nxt is not None
+    await settle()
+    assert not slot.done()
+    assert gate.release(0.01) is None  # e2 ends: the slot is free, nobody queued
+    await asyncio.wait_for(slot, 5)
+    assert gate.offer(execution(3)) is True

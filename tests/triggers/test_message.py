@@ -215,3 +215,21 @@ async def test_a_message_whose_end_cannot_be_written_is_not_acked(monkeypatch: p
                       status="nacked") == 1
         (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
         assert (record.status, record.output) == ("success", {"n": 3})
+
+
+async def test_durable_false_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing() -> None:
+    """Each runs in its message's handler task once a slot frees (no queued execution, no task of its own);
+    the handlers hold their messages meanwhile, so max_in_flight still bounds what is taken."""
+    trigger = "{broker: bus, topic: orders.created, max_in_flight: 4}"
+    workflow = "durable: false\nconcurrency: 1\nqueue_size: 10"
+    async with running_engine(_yaml("- sleep: 100ms", trigger=trigger, workflow=workflow)) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        for i in range(6):
+            await bus.publish("orders.created", i)
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="received") == 4, "four messages taken")
+        gate = engine.runtime.gates["consume"]
+        assert (gate.active, len(gate.queue), len(engine.runtime.live)) == (1, 0, 1)
+        await wait_until(lambda: executions(metrics, "consume", "success") == 6, "all six ran, one at a time")
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="acked") == 6

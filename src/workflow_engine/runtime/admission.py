@@ -14,7 +14,8 @@ class Gate:
     """Concurrency slots and a bounded FIFO queue for one workflow type."""
 
     __slots__ = (
-        "_space_waiters", "active", "concurrency", "pending", "queue", "queue_size", "recent_seconds", "workflow",
+        "_slot_waiters", "_space_waiters", "active", "concurrency", "pending", "queue", "queue_size",
+        "recent_seconds", "workflow",
     )
 
     def __init__(self, workflow: str, concurrency: int, queue_size: int) -> None:
@@ -25,6 +26,7 @@ class Gate:
         self.pending = 0  # admitted, being recorded in the store, not yet running or queued
         self.queue: deque[Execution] = deque()
         self._space_waiters: deque[asyncio.Future[None]] = deque()
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()  # `wait_for_slot`: woken when a slot frees
         # Exponential average of execution time, used for an honest Retry-After.
         self.recent_seconds = 1.0
 
@@ -50,6 +52,7 @@ class Gate:
     def unreserve(self) -> None:
         """Give a reservation back (the execution was not recorded, or was a duplicate)."""
         self.pending -= 1
+        _wake_first(self._slot_waiters)
         self._wake_one()
 
     def adopt(self, execution: Execution) -> bool:
@@ -71,12 +74,28 @@ class Gate:
                 if waiter in self._space_waiters:
                     self._space_waiters.remove(waiter)
 
+    def has_slot(self) -> bool:
+        return self.active + self.pending < self.concurrency and not self.queue
+
+    async def wait_for_slot(self) -> None:
+        """Wait until an execution offered now would run at once rather than queue (a caller that runs it in
+        its own task and holds its trigger's work meanwhile: a message handler)."""
+        while not self.has_slot():
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+
     def release(self, seconds: float) -> Execution | None:
         """A running execution finished: the next queued one takes its slot (returned), else the slot frees."""
         self.recent_seconds = 0.9 * self.recent_seconds + 0.1 * seconds
         nxt = self.queue.popleft() if self.queue else None
         if nxt is None:
             self.active -= 1
+            _wake_first(self._slot_waiters)
         self._wake_one()
         return nxt
 
@@ -86,6 +105,7 @@ class Gate:
             self.queue.remove(execution)
         except ValueError:
             return False
+        _wake_first(self._slot_waiters)
         self._wake_one()
         return True
 
@@ -101,8 +121,13 @@ class Gate:
         return max(1, min(60, math.ceil(per_slot * max(len(self.queue), 1))))
 
     def _wake_one(self) -> None:
-        while self._space_waiters:
-            waiter = self._space_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        _wake_first(self._space_waiters)
+
+
+def _wake_first(waiters: deque[asyncio.Future[None]]) -> None:
+    """Wake the first waiter still waiting."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return

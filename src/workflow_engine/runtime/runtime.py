@@ -126,7 +126,13 @@ class Runtime:
         if not self.accepting:
             raise DrainingError("engine is shutting down; no new executions are accepted")
         if wait:
-            await gate.wait_for_room()
+            program = self.workflows[workflow]
+            if inline and program.inline_ok:
+                # It will run in the caller's task: wait for a slot rather than queue (a queued execution
+                # would need a task of its own and a wake-up), holding the caller's work meanwhile.
+                await gate.wait_for_slot()
+            else:
+                await gate.wait_for_room()
             if not self.accepting:  # the engine began to shut down while this waited
                 raise DrainingError("engine is shutting down; no new executions are accepted")
         if key_presumed_new and idempotency_key is not None:
