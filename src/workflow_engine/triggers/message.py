@@ -142,6 +142,8 @@ class _Handler:
         return execution
 
     async def _outcome(self, message: Message, execution: Execution) -> Execution:
+        if execution.finished:  # run in this task just now, or finished long ago
+            return execution
         interval = self.broker.touch_interval
         while True:
             try:

@@ -125,6 +125,8 @@ class Broker(Module, abc.ABC):
     shared_across_processes: ClassVar[bool] = True
     # Seconds between `_touch` calls while a message is being worked on (None: not needed).
     touch_interval: float | None = None
+    # `_ack` only hands the ack to the client's outbound buffer (NATS): no round trip, so no deadline to keep.
+    acks_buffered: ClassVar[bool] = False
 
     def __init__(self, name: str, config: BrokerConfig, ctx: ModuleContext) -> None:
         super().__init__(name, ctx)
@@ -413,17 +415,22 @@ class Broker(Module, abc.ABC):
                 self.metrics.broker_backlog.remove(self.name, topic)
 
     def _settler(self, pattern: str, flow: InFlight) -> Any:
+        buffered = self.acks_buffered
+
         async def settle(message: Message, how: Settlement, delay: float, error: Mapping[str, Any] | None) -> None:
             operation = _OPERATIONS[how]
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(self.config.operation_timeout):
-                    if how is Settlement.ACKED:
-                        await self._ack(message)
-                    elif how is Settlement.NACKED:
-                        await self._nack(message, delay)
-                    else:
-                        await self._dead_letter(message, error or {})
+                if how is Settlement.ACKED and buffered:
+                    await self._ack(message)
+                else:
+                    async with asyncio.timeout(self.config.operation_timeout):
+                        if how is Settlement.ACKED:
+                            await self._ack(message)
+                        elif how is Settlement.NACKED:
+                            await self._nack(message, delay)
+                        else:
+                            await self._dead_letter(message, error or {})
             except (Exception, TimeoutError) as exc:
                 self._operation(operation, "timeout" if isinstance(exc, TimeoutError) else "error", started)
                 self._count(pattern, "in", "error")

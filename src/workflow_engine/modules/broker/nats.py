@@ -43,6 +43,7 @@ from workflow_engine.modules.broker.message import (
 from workflow_engine.registry.specs import ModuleSpec
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+_ACK_TOKENS = 9  # the ack subject's tokens without a domain
 STATUS_HEADER = api.Header.STATUS.value
 _CONNECTION_ERRORS = (
     nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.NoServersError,
@@ -85,6 +86,7 @@ class NatsBroker(Broker):
     """JetStream publish, durable pull consumers, NAK with delay, TERM after dead-lettering."""
 
     type_name = "broker.nats"
+    acks_buffered = True  # Msg.ack is a publish into the client's buffer (its flusher writes it)
 
     def __init__(self, name: str, config: NatsBrokerConfig, ctx: ModuleContext) -> None:
         super().__init__(name, config, ctx)
@@ -234,13 +236,21 @@ class NatsBroker(Broker):
             raise BrokerUnavailableError(f"{self.label}: subscribe to '{topic}': {type(exc).__name__}") from exc
 
     def _message(self, msg: Msg) -> Message:
-        meta = msg.metadata
         raw = msg.headers or {}
         msg_id = raw.get(MSG_ID_HEADER)
+        # The ack subject `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`
+        # read directly (nats-py's `metadata` builds three dataclasses and a datetime); the longer form with a
+        # domain and an account hash goes through it.
+        tokens = (msg.reply or "").split(".")
+        if len(tokens) == _ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+            delivered, sequence = int(tokens[4]), tokens[5]
+        else:
+            meta = msg.metadata
+            delivered, sequence = meta.num_delivered, str(meta.sequence.stream)
         # Nats-* headers are the server's and the client's own (id, expected stream), not the publisher's.
         headers, key, _ = split_headers({k: v for k, v in raw.items() if not k.startswith("Nats-")})
-        return Message(msg_id or f"{self.cfg.stream.name}:{meta.sequence.stream}", msg.subject, msg.data,
-                       headers, key, meta.num_delivered, native=msg)
+        return Message(msg_id or f"{self.cfg.stream.name}:{sequence}", msg.subject, msg.data, headers, key,
+                       delivered, native=msg)
 
     async def _settle(self, op: str, message: Message, delay: float | None = None) -> None:
         msg: Msg = message.native
