@@ -36,6 +36,7 @@ class Execution:
         "depth",
         "done",
         "end_error",
+        "end_written",
         "error",
         "exception",
         "finished_at",
@@ -91,6 +92,9 @@ class Execution:
         self.key_presumed_new = False
         # Why recording its end failed (None: recorded, or not finished yet); a message is then not acked.
         self.end_error: BaseException | None = None
+        # An end recorded only at the end (`key_presumed_new`): resolved once its row is committed. The execution
+        # is finished before that; its caller waits for this (`Runtime.end_recorded`) before it acts on the end.
+        self.end_written: asyncio.Future[None] | None = None
         self.program: Any = None  # the CompiledWorkflow it runs (kept across a config apply)
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()

@@ -2,8 +2,8 @@
 
 Workflows with `durable: false` keep only a summary row, written by a background writer after they finish. A
 keyed `durable: false` execution whose key is presumed new (`Execution.key_presumed_new`: a message's first
-delivery) is not written before it runs either: its summary row carries the key and the input, and its end waits
-until the writer has committed it (a taken key raises `KeyTakenError`).
+delivery) is not written before it runs either: its summary row carries the key and the input, and its
+`end_written` future resolves once the writer has committed it (a taken key: `KeyTakenError`).
 """
 
 from __future__ import annotations
@@ -158,12 +158,13 @@ class Recorder:
             self._summaries.append((execution.id, row, None))
             self._queued.set()
             return
-        # Its end is recorded once the row is committed (the caller acks a message then).
+        # Its end is recorded once the row is committed: its caller waits for that (and acks a message then),
+        # not the execution's own code path, which would be suspended and resumed through every frame.
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        execution.end_written = written
         self._summaries.append((execution.id, row, written))
         self._waited += 1
         self._queued.set()
-        await written
 
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
@@ -268,7 +269,7 @@ class Recorder:
                 for execution_id, _, written in batch:
                     self._unwritten.pop(execution_id, None)
                     if written is not None and not written.done():  # the batch was interrupted (stopping)
-                        written.set_exception(StoreError(f"execution {execution_id}: its end was not written"))
+                        _fail(written, StoreError(f"execution {execution_id}: its end was not written"))
             if not queued:
                 return
             batch = []
@@ -281,7 +282,7 @@ class Recorder:
                 execution_id, _, written = batch[0]
                 log.error("summary row not written", execution_id=execution_id, error=exc)
                 if written is not None and not written.done():
-                    written.set_exception(exc)
+                    _fail(written, exc)
                 return
             # One row the store refuses must not take the others along.
             log.warning("summary rows refused as a batch; writing them one by one", count=len(batch), error=exc)
@@ -292,7 +293,7 @@ class Recorder:
             if written is None or written.done():
                 continue
             if execution_id in taken:
-                written.set_exception(KeyTakenError(
+                _fail(written, KeyTakenError(
                     f"execution {execution_id} not recorded: another execution has its idempotency key"))
             else:
                 written.set_result(None)
@@ -301,7 +302,14 @@ class Recorder:
         """Executions still waiting for rows that will not be written now are told so (never left waiting)."""
         for _, _, written in self._summaries:
             if written is not None and not written.done():
-                written.set_exception(exc)
+                _fail(written, exc)
+
+
+def _fail(written: asyncio.Future[None], exc: BaseException) -> None:
+    """Resolve an `end_written` future with `exc`; a caller gone meanwhile (shutdown) never reads it, and that
+    is not worth asyncio's "exception was never retrieved" at collection."""
+    written.set_exception(exc)
+    written.exception()
 
 
 def _take_unsaved(execution: Execution) -> list[StepRecord]:

@@ -347,10 +347,6 @@ class Runtime:
             elif execution.status is not ExecutionStatus.PARKED:
                 await self.recorder.release(execution)
                 _interrupted(execution)
-        except KeyTakenError as exc:  # a duplicate delivery: the caller finds the execution that has the key
-            execution.end_error = exc
-            log.warning("execution end not recorded: another execution has its idempotency key",
-                        execution_id=execution.id, workflow_type=execution.workflow)
         except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
             execution.end_error = exc
             log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,
@@ -443,6 +439,24 @@ class Runtime:
                          exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
         await self.recorder.finished(execution, durable=True)
         execution.resolve()
+
+    async def end_recorded(self, execution: Execution) -> BaseException | None:
+        """Once `execution` finished: wait until its end is in the store (an end recorded only at the end is
+        written after the execution finished), then None, or why it is not (`end_error`; KeyTakenError: another
+        execution has its idempotency key)."""
+        written = execution.end_written  # kept: a duplicate's handler may wait for the same end
+        if written is not None and execution.end_error is None:
+            try:
+                await written
+            except KeyTakenError as exc:  # a duplicate delivery: the caller finds the execution that has the key
+                execution.end_error = exc
+                log.warning("execution end not recorded: another execution has its idempotency key",
+                            execution_id=execution.id, workflow_type=execution.workflow)
+            except Exception as exc:  # the store failed
+                execution.end_error = exc
+                log.error("execution end not recorded", execution_id=execution.id,
+                          workflow_type=execution.workflow, error=exc)
+        return execution.end_error
 
     async def wait_finished(self, execution: Execution) -> Execution:
         """Wait until `execution` finished, here or on another replica (then by polling the store)."""

@@ -78,10 +78,11 @@ class MessageTrigger(Trigger):
         log.info("consuming", workflow_type=self.workflow, broker=broker.name, topic=self.config.topic,
                  group=self.group)
         self._stop = asyncio.Event()
+        name = f"message:{self.workflow}"  # not per message: formatting a name for every task is not free
         async with asyncio.TaskGroup() as handlers:
             async for message in broker.consume(self.config.topic, self.group, self.config.max_in_flight,
                                                 stop=self._stop):
-                handlers.create_task(handler.handle(message), name=f"message:{self.workflow}:{message.id}")
+                handlers.create_task(handler.handle(message), name=name)
 
 
 class _Handler:
@@ -105,10 +106,12 @@ class _Handler:
             # written once, at the end); its end finds out if one had, and the message goes the redelivery way.
             execution = await self._execution(message, presumed_new=message.delivery_count <= 1)
             done = await self._outcome(message, execution)
-            if isinstance(done.end_error, KeyTakenError):
+            failed = await self.runtime.end_recorded(done)
+            if isinstance(failed, KeyTakenError):
                 done = await self._outcome(message, await self._execution(message, presumed_new=False))
-            if done.end_error is not None:
-                raise done.end_error  # not recorded: not acked, delivered again
+                failed = await self.runtime.end_recorded(done)
+            if failed is not None:
+                raise failed  # not recorded: not acked, delivered again
             await self._settle(message, done)
         except asyncio.CancelledError:
             raise

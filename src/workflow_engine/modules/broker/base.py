@@ -363,10 +363,11 @@ class Broker(Module, abc.ABC):
                     continue
                 reraise_if_cancelled(None)  # a client may also return normally from a cancelled read
                 backoff.reset()
+                if batch:
+                    self._count(topic, "in", "received", len(batch))
                 for message in batch:
                     flow.take()
                     message.bind(settle)
-                    self._count(topic, "in", "received")
                     if message.topic.endswith(DLQ_SUFFIX) and not wants_dlq:
                         await self._settle_quietly(message)
                         continue
@@ -416,6 +417,11 @@ class Broker(Module, abc.ABC):
 
     def _settler(self, pattern: str, flow: InFlight) -> Any:
         buffered = self.acks_buffered
+        # The children of the common outcome, resolved once per consumer (a label lookup per ack is not free).
+        metrics = self.metrics
+        acks = metrics.module_operations.labels(KIND, self.name, "ack", "success")
+        ack_seconds = metrics.module_operation_duration.labels(KIND, self.name, "ack")
+        acked = metrics.broker_messages.labels(self.name, pattern, "in", "acked")
 
         async def settle(message: Message, how: Settlement, delay: float, error: Mapping[str, Any] | None) -> None:
             operation = _OPERATIONS[how]
@@ -440,6 +446,11 @@ class Broker(Module, abc.ABC):
                                   f"delivered again): {_reason(exc)}") from exc
             finally:
                 flow.give()
+            if how is Settlement.ACKED:
+                acks.inc()
+                ack_seconds.observe(time.perf_counter() - started)
+                acked.inc()
+                return
             self._operation(operation, "success", started)
             self._count(pattern, "in", how.value)
         return settle
@@ -487,14 +498,14 @@ class Broker(Module, abc.ABC):
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
-    def _count(self, topic: str, direction: str, status: str) -> None:
+    def _count(self, topic: str, direction: str, status: str, amount: int = 1) -> None:
         child = self._counters.get((topic, direction, status))
         if child is None:
             if len(self._counters) > 10_000:  # templated topics are open-ended; keep the cache bounded
                 self._counters.clear()
             child = self._counters[(topic, direction, status)] = self.metrics.broker_messages.labels(
                 self.name, topic, direction, status)
-        child.inc()
+        child.inc(amount)
 
     def _operation(self, operation: str, status: str, started: float) -> None:
         self.metrics.module_operation(KIND, self.name, operation, status, time.perf_counter() - started)
