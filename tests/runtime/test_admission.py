@@ -161,3 +161,16 @@ async def test_wait_for_slot_waits_for_a_free_slot_not_for_a_queue_place() -> No
     assert gate.release(0.01) is None  # e2 ends: the slot is free, nobody queued
     await asyncio.wait_for(slot, 5)
     assert gate.offer(execution(3)) is True
+
+
+async def test_a_waiter_cancelled_just_after_it_was_woken_hands_the_wake_up_on() -> None:
+    gate = Gate("orders", concurrency=1, queue_size=0)
+    gate.offer(execution(1))
+    first = asyncio.create_task(gate.wait_for_slot())
+    second = asyncio.create_task(gate.wait_for_slot())
+    await settle()
+    gate.release(0.01)  # wakes `first`...
+    first.cancel()  # ...which is cancelled before it runs
+    await asyncio.wait_for(second, 5)  # `second` got the wake-up
+    assert first.cancelled()
+    assert gate.has_slot()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 
@@ -66,13 +67,7 @@ class Gate:
     async def wait_for_room(self) -> None:
         """Wait until `offer` would not refuse (used by triggers that apply back-pressure)."""
         while not self.has_room():
-            waiter = asyncio.get_running_loop().create_future()
-            self._space_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._space_waiters:
-                    self._space_waiters.remove(waiter)
+            await _wait_in(self._space_waiters)
 
     def has_slot(self) -> bool:
         return self.active + self.pending < self.concurrency and not self.queue
@@ -81,13 +76,7 @@ class Gate:
         """Wait until an execution offered now would run at once rather than queue (a caller that runs it in
         its own task and holds its trigger's work meanwhile: a message handler)."""
         while not self.has_slot():
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._slot_waiters:
-                    self._slot_waiters.remove(waiter)
+            await _wait_in(self._slot_waiters)
 
     def release(self, seconds: float) -> Execution | None:
         """A running execution finished: the next queued one takes its slot (returned), else the slot frees."""
@@ -122,6 +111,23 @@ class Gate:
 
     def _wake_one(self) -> None:
         _wake_first(self._space_waiters)
+
+
+async def _wait_in(waiters: deque[asyncio.Future[None]]) -> None:
+    """Wait until woken from `waiters`. A waker takes the waiter out of the deque first, so only a cancelled
+    wait has to find it there (a scan of the deque: hundreds of handlers may wait); one cancelled just after
+    it was woken hands the wake-up on."""
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    except BaseException:
+        if not waiter.done() or waiter.cancelled():
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+        else:
+            _wake_first(waiters)
+        raise
 
 
 def _wake_first(waiters: deque[asyncio.Future[None]]) -> None:
