@@ -130,13 +130,14 @@ async def test_back_pressure_stops_pulling() -> None:
         await wait_until(lambda: executions(metrics, "consume", "success") == 6, "all six ran, one at a time")
 
 
-async def test_shutdown_acks_the_messages_whose_executions_finish_while_draining() -> None:
+@DURABILITY
+async def test_shutdown_acks_the_messages_whose_executions_finish_while_draining(durable: str) -> None:
     """SIGTERM with executions running: the consumer takes nothing more, the executions finish within the
     grace period and their messages are acked before the broker closes (not left to be delivered again after
     the broker's redelivery wait, on every deploy). Messages never taken stay in the broker."""
     steps = "- sleep: 300ms"
     trigger = "{broker: bus, topic: orders.created, max_in_flight: 4}"
-    async with running_engine(_yaml(steps, trigger=trigger, workflow="concurrency: 4")) as engine:
+    async with running_engine(_yaml(steps, trigger=trigger, workflow=f"concurrency: 4\ndurable: {durable}")) as engine:
         bus, metrics = _bus(engine), engine.metrics
         for i in range(10):
             await bus.publish("orders.created", i)
