@@ -127,3 +127,31 @@ async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancell
         assert await store.get_execution("e1") is not None
     finally:
         await store.close()
+
+
+async def test_a_row_someone_waits_for_ends_the_writers_wait_for_more_rows(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer lets plain rows gather; a keyed row (a message's end, which its ack waits for) that comes
+    meanwhile is written at once, with them, not when the gathering time is over."""
+    monkeypatch.setattr(recorder_module, "SUMMARY_LINGER", 60.0)
+    store = open_store_from_url(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    recorder = Recorder(store, "me", 30.0)
+    writer = asyncio.create_task(recorder.write_summaries())
+    try:
+        await recorder.finished(_finished("plain", {"n": 0}), durable=False)
+        await asyncio.sleep(0.2)  # the writer is gathering
+        keyed = _finished("keyed", {"n": 1})
+        keyed.idempotency_key, keyed.key_presumed_new = "bus:m1", True
+        await recorder.finished(keyed, durable=False)
+        assert keyed.end_written is not None
+        await asyncio.wait_for(keyed.end_written, 10)
+        assert {r.id for r in (await store.list_executions(workflow="w")).items} == {"plain", "keyed"}
+        stored = await store.get_execution("keyed")
+        assert stored is not None
+        assert (stored.idempotency_key, stored.input) == ("bus:m1", {"body": "not kept"})
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await store.close()

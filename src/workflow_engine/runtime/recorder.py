@@ -9,6 +9,7 @@ delivery) is not written before it runs either: its summary row carries the key 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -52,6 +53,7 @@ class Recorder:
         # put_nowait is a Python call chain per row.
         self._summaries: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
         self._waited = 0  # queued rows whose execution waits for them: the writer does not let rows gather
+        self._hurry = asyncio.Event()  # such a row came while the writer let rows gather: write now
         self._queued = asyncio.Event()  # rows are waiting for the writer
         self._room = asyncio.Event()  # the buffer has room again (set by the writer as it takes rows)
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
@@ -165,6 +167,7 @@ class Recorder:
         self._summaries.append((execution.id, row, written))
         self._waited += 1
         self._queued.set()
+        self._hurry.set()
 
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
@@ -242,7 +245,12 @@ class Recorder:
                     self._queued.clear()
                     await self._queued.wait()
                 if len(self._summaries) < SUMMARY_BATCH and not self._waited:
-                    await asyncio.sleep(SUMMARY_LINGER)  # cancelled (stopping): the rows are flushed below
+                    # Let rows gather, unless a row someone waits for (a message's ack) comes meanwhile.
+                    # Cancelled (stopping): the rows are flushed below.
+                    self._hurry.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SUMMARY_LINGER):
+                            await self._hurry.wait()
                 await self._write_summaries([])
         finally:
             try:
