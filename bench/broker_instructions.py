@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+import callgrind
 from broker_throughput import BATCH, NATS_URL, app_yaml, cleanup_nats
 from engine_overhead import git_revision
 
@@ -61,12 +59,6 @@ async def _until(done: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
-def _wait_for(path: Path) -> None:
-    while not path.exists():
-        time.sleep(0.02)
-    path.unlink()
-
-
 async def _raw(ns: str, total: int, work: Path) -> None:
     nc = await nats.connect(NATS_URL)
     js = nc.jetstream()
@@ -76,7 +68,7 @@ async def _raw(ns: str, total: int, work: Path) -> None:
     while done < total:
         if done == WARMUP:
             (work / "ready").touch()
-            await asyncio.to_thread(_wait_for, work / "go")
+            await asyncio.to_thread(callgrind.wait_for, work / "go")
         try:
             msgs = await sub.fetch(min(BATCH, (WARMUP if done < WARMUP else total) - done), timeout=5)
         except nats.errors.TimeoutError:
@@ -107,7 +99,7 @@ async def _engine(ns: str, total: int, work: Path, durable: bool) -> None:
         await _until(lambda: acked.value >= WARMUP)
         await asyncio.sleep(0.2)  # the warm-up's store writes are done before counting starts
         (work / "ready").touch()
-        await asyncio.to_thread(_wait_for, work / "go")
+        await asyncio.to_thread(callgrind.wait_for, work / "go")
         await _until(lambda: acked.value >= total)
         await asyncio.sleep(0.1)  # and this run's, inside the window
         (work / "done").touch()
@@ -123,34 +115,10 @@ def _count(which: str, messages: int, durable: bool) -> float:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
             work = Path(tmp)
-            out = work / "callgrind.out"
             command = [sys.executable, __file__, "--serve", which, "--ns", ns, "--messages", str(messages),
                        "--work", str(work)] + (["--durable"] if durable else [])
-            proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p", *command],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            try:
-                while not (work / "ready").exists():
-                    if proc.poll() is not None:
-                        err = proc.stderr.read() if proc.stderr else ""
-                        raise SystemExit(f"{which} ended before it was ready:\n{err[-2000:]}")
-                    time.sleep(0.2)
-                (work / "ready").unlink()
-                subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-                asyncio.run(_publish(ns, WARMUP, messages))
-                (work / "go").touch()
-                _wait_for(work / "done")
-                subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-                _, err = proc.communicate(timeout=900)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            if proc.returncode != 0:
-                raise SystemExit(f"{which} failed under valgrind:\n{err[-2000:]}")
-            total = 0
-            for name in glob.glob(f"{out}.*"):
-                with open(name) as dump:
-                    total += sum(int(line.split()[1]) for line in dump if line.startswith("totals:"))
+            total = callgrind.count(which, command, work, timeout=900,
+                                    before_go=lambda: asyncio.run(_publish(ns, WARMUP, messages)))
             return total / messages
     finally:
         asyncio.run(cleanup_nats(ns))
@@ -173,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(_raw(args.ns, total, work) if args.serve == "raw"
                    else _engine(args.ns, total, work, args.durable))
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not callgrind.have_valgrind():
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts every run

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import callgrind
 from engine_overhead import git_revision
 from http_inprocess import call, check
 from http_pipeline import baseline_app, engine_config
@@ -52,12 +50,6 @@ async def _drive(app: Any, requests: int) -> None:
     await asyncio.gather(*(caller(requests // CALLERS) for _ in range(CALLERS)))
 
 
-def _wait_for(path: Path) -> None:
-    while not path.exists():
-        time.sleep(0.05)
-    path.unlink()
-
-
 async def _serve(which: str, requests: int, work: Path) -> None:
     """Inside valgrind: warm up, say so, wait for the go, answer `requests` requests, say done."""
     ready, go, done = work / "ready", work / "go", work / "done"
@@ -66,7 +58,7 @@ async def _serve(which: str, requests: int, work: Path) -> None:
         await check(app, which)
         await _drive(app, WARMUP)
         ready.touch()
-        _wait_for(go)
+        callgrind.wait_for(go)
         await _drive(app, requests)
         done.touch()
         return
@@ -92,7 +84,7 @@ async def _serve(which: str, requests: int, work: Path) -> None:
         await _drive(server.asgi_app, WARMUP)
         await asyncio.sleep(0.2)  # the warm-up's summary rows are written before counting starts
         ready.touch()
-        await asyncio.to_thread(_wait_for, go)
+        await asyncio.to_thread(callgrind.wait_for, go)
         await _drive(server.asgi_app, requests)
         await asyncio.sleep(0.1)  # and this run's, inside the window
         done.touch()
@@ -105,34 +97,8 @@ def _count(which: str, requests: int) -> float:
     """Instructions per request of `which`, run under callgrind."""
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
         work = Path(tmp)
-        out = work / "callgrind.out"
-        proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p",
-             sys.executable, __file__, "--serve", which, "--requests", str(requests), "--work", str(work)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            ready = work / "ready"
-            while not ready.exists():
-                if proc.poll() is not None:
-                    err = proc.stderr.read() if proc.stderr else ""
-                    raise SystemExit(f"{which} ended before it was ready:\n{err[-2000:]}")
-                time.sleep(0.2)
-            ready.unlink()
-            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-            (work / "go").touch()
-            _wait_for(work / "done")
-            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-            _, err = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        if proc.returncode != 0:
-            raise SystemExit(f"{which} failed under valgrind:\n{err[-2000:]}")
-        total = 0
-        for name in glob.glob(f"{out}.*"):
-            with open(name) as dump:
-                total += sum(int(line.split()[1]) for line in dump if line.startswith("totals:"))
-        return total / requests
+        command = [sys.executable, __file__, "--serve", which, "--requests", str(requests), "--work", str(work)]
+        return callgrind.count(which, command, work) / requests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.run(_serve(args.serve, args.requests, Path(args.work)))
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not callgrind.have_valgrind():
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts every run
