@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,11 +21,38 @@ import httpx
 WORKFLOW = str(Path(sys.executable).parent / "workflow")
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing listens on now, for a server a test starts next. Taken below the kernel's ephemeral range
+    (an outgoing connection's source port cannot take it before the server binds it) and never the same twice
+    in this process: ten drill engines started at once, each on ports asked for in a row, made a collision
+    likely enough to fail a CI run now and then (an engine whose port is taken stays up and never ready)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    with socket.socket() as sock:  # the range is crowded: any port the kernel gives
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.process import free_port as e2e_free_port
 from tests.factories import TaskOwner
 from workflow_engine.modules.base import ModuleContext, ModuleState
 from workflow_engine.modules.broker.base import Broker
@@ -74,10 +75,7 @@ def unreachable(service: str, host: str, port: int) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return e2e_free_port()
 
 
 def wait_port(port: int, limit: float = 10.0) -> None:
