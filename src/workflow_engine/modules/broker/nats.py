@@ -11,6 +11,7 @@ deduplicates on it within `duplicate_window`), else `<stream>:<sequence>`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -343,16 +344,16 @@ class NatsSubscription(Subscription):
 
     async def fetch(self, limit: int, wait: float) -> list[Message]:
         if not self.arrived:
+            # Cleared before the request goes out: an answer that comes while it is being sent still wakes us.
+            self.wake.clear()
             if self.due and time.monotonic() > self.due_until:
                 self.due = 0
             if not self.due:
                 await self._request(limit, wait)
-            self.wake.clear()
-            try:
-                async with asyncio.timeout(wait):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+            if not self.arrived:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self.wake.wait()
             if not self.arrived:
                 return []
         arrived, batch = self.arrived, list[Message]()
