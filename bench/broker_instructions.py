@@ -12,7 +12,7 @@ consumer's process is counted: the event loop, nats-py, and the engine's store t
 directory). The raw loop is `broker_throughput.py`'s (fetch batches of 256, ack each). The engine runs
 `broker_throughput.py`'s app (`durable: false` unless `--durable`). Needs valgrind.
 
-    .venv/bin/python bench/broker_instructions.py [--messages 2000] [--durable]
+    .venv/bin/python bench/broker_instructions.py [--messages 2000] [--durable] [--only engine] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ async def _engine(ns: str, total: int, work: Path, durable: bool) -> None:
         await run
 
 
-def _count(which: str, messages: int, durable: bool) -> float:
+def _count(which: str, messages: int, durable: bool, keep: Path | None) -> float:
     """Instructions per message of `which`, run under callgrind."""
     ns = f"binstr{uuid.uuid4().hex[:10]}"
     asyncio.run(_publish(ns, 0, WARMUP))
@@ -117,7 +117,7 @@ def _count(which: str, messages: int, durable: bool) -> float:
             work = Path(tmp)
             command = [sys.executable, __file__, "--serve", which, "--ns", ns, "--messages", str(messages),
                        "--work", str(work)] + (["--durable"] if durable else [])
-            total = callgrind.count(which, command, work, timeout=900,
+            total = callgrind.count(which, command, work, timeout=900, keep=keep,
                                     before_go=lambda: asyncio.run(_publish(ns, WARMUP, messages)))
             return total / messages
     finally:
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="counted messages per consumer")
     parser.add_argument("--durable", action="store_true", help="the engine's workflow is durable")
     parser.add_argument("--only", choices=("raw", "engine"), help="count one consumer only")
+    parser.add_argument("--keep", type=Path, help="copy the callgrind dumps here (for callgrind_annotate)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--ns", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts every run
     label = f"engine {'durable' if args.durable else 'durable: false'}"
     which = [w for w in ("raw", "engine") if args.only in (None, w)]
-    counts = {w: _count(w, args.messages, args.durable) for w in which}
+    counts = {w: _count(w, args.messages, args.durable, args.keep) for w in which}
     print(f"# broker_instructions (NATS): {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
           f"revision {git_revision()}")
     print(f"# python {platform.python_version()} {platform.machine()} messages={args.messages}")

@@ -29,8 +29,9 @@ def wait_for(path: Path) -> None:
 
 
 def count(which: str, command: Sequence[str], work: Path, *, before_go: Callable[[], None] = lambda: None,
-          timeout: float = 600) -> int:
-    """Instructions the workload `command` ran between `go` and `done` (see the module's docstring)."""
+          timeout: float = 600, keep: Path | None = None) -> int:
+    """Instructions the workload `command` ran between `go` and `done` (see the module's docstring). `keep`: a
+    directory the dumps are copied to, as `<which>.<pid>` (read them with `callgrind_annotate`)."""
     out = work / "callgrind.out"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p", *command],
@@ -55,6 +56,9 @@ def count(which: str, command: Sequence[str], work: Path, *, before_go: Callable
         raise SystemExit(f"{which} failed under valgrind:\n{err[-2000:]}")
     total = 0
     for name in glob.glob(f"{out}.*"):
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(name, keep / f"{which}.{name.rsplit('.', 1)[1]}")
         with open(name) as dump:
             total += sum(int(line.split()[1]) for line in dump if line.startswith("totals:"))
     return total

@@ -218,19 +218,37 @@ async def test_a_message_whose_end_cannot_be_written_is_not_acked(monkeypatch: p
         assert (record.status, record.output) == ("success", {"n": 3})
 
 
-async def test_durable_false_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing() -> None:
-    """Each runs in its message's handler task once a slot frees (no queued execution, no task of its own);
-    the handlers hold their messages meanwhile, so max_in_flight still bounds what is taken."""
+@DURABILITY
+async def test_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing(
+        durable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each execution waits in its message's handler until a slot frees (no queued execution); the handlers
+    hold their messages meanwhile, so max_in_flight still bounds what is taken. `durable: false` runs in the
+    handler's task; a durable one is written `running` once it has its slot: never a `queued` row, never the
+    update that marks a queued one running."""
     trigger = "{broker: bus, topic: orders.created, max_in_flight: 4}"
-    workflow = "durable: false\nconcurrency: 1\nqueue_size: 10"
+    workflow = f"durable: {durable}\nconcurrency: 1\nqueue_size: 10"
     async with running_engine(_yaml("- sleep: 100ms", trigger=trigger, workflow=workflow)) as engine:
         bus, metrics = _bus(engine), engine.metrics
+        updates: list[dict[str, object]] = []
+        real_update = engine.store.update_execution
+
+        async def counted_update(execution_id: str, **fields: object) -> None:
+            updates.append(fields)
+            await real_update(execution_id, **fields)
+
+        monkeypatch.setattr(engine.store, "update_execution", counted_update)
         for i in range(6):
             await bus.publish("orders.created", i)
         await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
                                         direction="in", status="received") == 4, "four messages taken")
         gate = engine.runtime.gates["consume"]
+        await wait_until(lambda: gate.active == 1, "one running")  # a durable one once its row is written
+        await asyncio.sleep(0.02)
         assert (gate.active, len(gate.queue), len(engine.runtime.live)) == (1, 0, 1)
+        assert sample(metrics, "workflow_queue_depth", workflow_type="consume") == 0
+        page = await engine.store.list_executions(workflow="consume", limit=100)
+        assert [r.status for r in page.items] == (["running"] if durable == "true" else [])
         await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
                                         direction="in", status="acked") == 6, "all six ran, one at a time")
         assert executions(metrics, "consume", "success") == 6
+        assert updates == []

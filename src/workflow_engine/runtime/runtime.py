@@ -115,7 +115,8 @@ class Runtime:
         `inline`: the caller waits for the end anyway (a synchronous HTTP request), so an execution that may
         start at once runs in the caller's task and has finished when this returns; no task of its own, no
         wake-up. Only for `durable: false` workflows whose answer is known at their end (`inline_ok`): with a
-        `respond` step before other steps, the caller must get its answer before the rest runs.
+        `respond` step before other steps, the caller must get its answer before the rest runs. With `wait`
+        too (a message handler), any execution waits for a free slot, not a queue place.
         `key_presumed_new`: the caller has no reason to think the key was used (a message's first delivery): a
         `durable: false` execution is then written only at its end, with the key; if another execution has the
         key by then, its `end_error` is a `KeyTakenError` and the caller admits it again without this.
@@ -126,10 +127,11 @@ class Runtime:
         if not self.accepting:
             raise DrainingError("engine is shutting down; no new executions are accepted")
         if wait:
-            program = self.workflows[workflow]
-            if inline and program.inline_ok:
-                # It will run in the caller's task: wait for a slot rather than queue (a queued execution
-                # would need a task of its own and a wake-up), holding the caller's work meanwhile.
+            if inline:
+                # The caller holds its work until the end anyway (a message): wait for a slot rather than
+                # queue. A `durable: false` execution then runs in the caller's task (a queued one would need a
+                # task of its own and a wake-up); a durable one is written `running` at once, not `queued`
+                # and then `running` when a slot frees (one store write fewer).
                 await gate.wait_for_slot()
             else:
                 await gate.wait_for_room()
