@@ -198,12 +198,12 @@ def _keyed_summary(store: Store, execution_id: str, key: str | None) -> object:
         input={"body": {"n": 1}}, idempotency_key=key)
 
 
-@pytest.mark.parametrize("summary_process", [True, False], ids=["child process", "store thread"])
+@pytest.mark.parametrize("helper_process", [True, False], ids=["child process", "store thread"])
 async def test_summary_rows_with_a_taken_idempotency_key_are_skipped_and_named(
-        make_store: StoreFactory, summary_process: bool) -> None:
+        make_store: StoreFactory, helper_process: bool) -> None:
     store = await make_store()
-    if isinstance(store, SqlStore) and not summary_process:
-        store.summary_writer = None  # what `summary_process=False` (and a child given up on) leaves
+    if isinstance(store, SqlStore) and not helper_process:
+        store.writer_process = None  # what `helper_process=False` (and a child given up on) leaves
     first = _keyed_summary(store, "first", "bus:m1")
     assert await store.create_summaries([first]) == set()
     rows = [_keyed_summary(store, "again", "bus:m1"), _keyed_summary(store, "other", "bus:m2"),

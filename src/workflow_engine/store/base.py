@@ -16,6 +16,9 @@ class StoreError(WorkflowEngineError):
 
     code = "store_error"
     http_status = 503
+    # The write was run again on the store's own connection after a helper process that had it failed, and may
+    # have committed it first (store/batch.py): an insert that finds its own row did its work.
+    retried = False
 
 
 class SchemaTooNewError(StoreError):

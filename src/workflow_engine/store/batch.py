@@ -16,10 +16,18 @@ transaction or, after a failed batch, in one of their own.
 On SQLite the batch runs on the driver's cursor with SQL compiled once per statement and parameter set
 (`_Compiled`): SQLAlchemy's per-execution work (building an execution context, processing binds, wrapping the
 result) cost more than the statement itself. Binds still go through the column types' processors (JSON, status).
+
+On a SQLite file with the store's writer process (`writer_process.py`), a batch goes to that process instead:
+the loop only binds the values and serialises them, and the driver's and SQLite's work runs under the child's
+own GIL, not the one the event loop needs. Statements SQLAlchemy must run itself, values that are not JSON
+data, a child that is gone and a batch the child refused as a whole go the store thread's way (which finds the
+statement at fault, as above). A batch the child may have committed before it failed is run again on the
+thread: every hot-path write is safe to repeat, and errors of such a repeat say so (`StoreError.retried`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +36,9 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.base import Executable
 
 from workflow_engine.coalesce import Coalescer
+from workflow_engine.store.base import StoreError
 from workflow_engine.store.runner import Outcome, Runner, outcome
+from workflow_engine.store.writer_process import StoreRowsRefusedError, WriterGone, WriterProcess
 
 log = structlog.get_logger("workflow_engine.store")
 
@@ -45,13 +55,18 @@ class _Group:
 
 
 _Write = _Statement | _Group
+_UNCOMPILED: Any = object()
 _Result = Outcome | list[Outcome]
 
 
-class _Compiled:
-    """A statement's SQL for the driver, its positional parameter names and their bind processors."""
+_numbers = itertools.count(1)
 
-    __slots__ = ("names", "processors", "sql")
+
+class _Compiled:
+    """A statement's SQL for the driver, its positional parameter names and their bind processors; `number`
+    names it to the writer process (which is sent its SQL once)."""
+
+    __slots__ = ("names", "number", "processors", "sql")
 
     def __init__(self, statement: Executable, keys: tuple[str, ...], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
@@ -61,12 +76,21 @@ class _Compiled:
             raise ValueError("statement needs SQLAlchemy's execution context")
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup)
-        self.processors: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
+        processors: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
+        for name in processors:  # a type's own one-step conversion (schema.py) instead of SQLAlchemy's wrapper
+            fast = getattr(compiled.binds[name].type, "driver_value", None)
+            if fast is not None:
+                processors[name] = fast
+        self.processors = processors
+        self.number = next(_numbers)
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        """The driver's positional parameters."""
+        processors = self.processors
+        return [processors[name](params[name]) if name in processors else params[name] for name in self.names]
 
     def run(self, cursor: Any, params: dict[str, Any]) -> Outcome:
-        processors = self.processors
-        values = [processors[name](params[name]) if name in processors else params[name] for name in self.names]
-        cursor.execute(self.sql, values)
+        cursor.execute(self.sql, self.values(params))
         rows = cursor.fetchall() if cursor.description else []
         return Outcome(rows, cursor.rowcount)
 
@@ -75,10 +99,15 @@ class GroupCommit:
     """Single-statement writes committed in shared transactions, `flushes` transactions at a time."""
 
     def __init__(self, runner: Runner, flushes: int, errors: Callable[[str, BaseException], BaseException], *,
-                 driver_sql: bool = False) -> None:
+                 driver_sql: bool = False, dialect: Dialect | None = None,
+                 process: Callable[[], WriterProcess | None] | None = None,
+                 gone: Callable[[WriterProcess, WriterGone, int], None] | None = None) -> None:
         self._runner = runner
         self._errors = errors  # (operation, driver error) -> the error the caller sees
         self._driver_sql = driver_sql  # SQLite: run batches on the driver's cursor
+        self._dialect = dialect  # SQLite's, to compile statements for the writer process
+        self._process = process  # the store's writer process, when it has one now
+        self._gone = gone or (lambda _process, _exc, _writes: None)  # told when the process failed a batch
         self._compiled: dict[tuple[Executable, tuple[str, ...]], _Compiled | None] = {}
         self._writes: Coalescer[_Write, _Result] = Coalescer(self._commit, name="store-group-commit",
                                                              concurrency=flushes)
@@ -104,6 +133,25 @@ class GroupCommit:
         return result
 
     async def _commit(self, batch: list[_Write]) -> list[_Result | BaseException]:
+        process = self._process() if self._process is not None else None
+        retried = False
+        if process is not None:
+            try:
+                done = await self._by_process(process, batch)
+            except WriterGone as exc:
+                self._gone(process, exc, len(batch))
+                retried = exc.maybe_committed
+            else:
+                if done is not None:
+                    return done
+        results = await self._on_thread(batch)
+        if retried:
+            for result in results:
+                if isinstance(result, StoreError):
+                    result.retried = True
+        return results
+
+    async def _on_thread(self, batch: list[_Write]) -> list[_Result | BaseException]:
         if len(batch) > 1:
             def run(conn: Connection) -> list[_Result]:
                 if self._driver_sql:
@@ -117,6 +165,39 @@ class GroupCommit:
                 log.debug("group commit failed; writing its statements one by one", statements=len(batch),
                           error=exc)
         return [await self._alone(write) for write in batch]
+
+    async def _by_process(self, process: WriterProcess, batch: list[_Write]) -> list[_Result | BaseException] | None:
+        """`batch` committed by the writer process; None when the store's thread must run it (a statement
+        SQLAlchemy must run, values that are not JSON data, a transaction the child refused as a whole)."""
+        assert self._dialect is not None
+        writes = []
+        for write in batch:
+            statements = write.statements if isinstance(write, _Group) else (write,)
+            prepared = []
+            for _, statement, params in statements:
+                compiled = self._compiled_for(statement, params, self._dialect)
+                if compiled is None:
+                    return None
+                try:
+                    values = compiled.values(params)
+                except Exception:  # a value its column cannot take: the thread's statement says which
+                    return None
+                prepared.append((compiled.number, compiled.sql, values))
+            writes.append(prepared)
+        try:
+            answers = await process.execute(writes)
+        except (TypeError, StoreRowsRefusedError) as exc:
+            log.debug("writer process did not take the batch; the store's thread writes it", error=exc)
+            return None
+        results: list[_Result | BaseException] = []
+        for write, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, str):  # a constraint refused this write alone
+                operation = write.statements[0][0] if isinstance(write, _Group) else write[0]
+                results.append(self._errors(operation, StoreRowsRefusedError(answer)))
+                continue
+            outcomes = [Outcome(rows, rowcount) for rows, rowcount in answer]
+            results.append(outcomes if isinstance(write, _Group) else outcomes[0])
+        return results
 
     def _on_driver(self, conn: Connection, batch: list[_Write]) -> list[_Result]:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -132,14 +213,16 @@ class GroupCommit:
 
     def _compiled_for(self, statement: Executable, params: dict[str, Any], dialect: Dialect) -> _Compiled | None:
         key = (statement, tuple(params))
-        if key not in self._compiled:
+        compiled = self._compiled.get(key, _UNCOMPILED)
+        if compiled is _UNCOMPILED:
             try:
-                self._compiled[key] = _Compiled(statement, key[1], dialect)
+                compiled = _Compiled(statement, key[1], dialect)
             except ValueError:
-                self._compiled[key] = None  # SQLAlchemy runs it (defaults to compute, expanding parameters)
+                compiled = None  # SQLAlchemy runs it (defaults to compute, expanding parameters)
             if len(self._compiled) > 1024:  # statements are few; parameter sets too, unless a caller varies them
                 self._compiled.clear()
-        return self._compiled[key]
+            self._compiled[key] = compiled
+        return compiled  # type: ignore[no-any-return]
 
     async def _alone(self, write: _Write) -> _Result | BaseException:
         if isinstance(write, _Group):

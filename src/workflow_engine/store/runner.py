@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 
@@ -46,6 +46,8 @@ def outcome(result: sa.CursorResult[Any]) -> Outcome:
 
 class Runner(ABC):
     """Runs statements on one dialect's connections."""
+
+    dialect: Dialect | None = None  # SQLite's, for SQL compiled once and run on the driver (store/batch.py)
 
     @abstractmethod
     async def open(self) -> None:
@@ -73,6 +75,7 @@ class SqliteRunner(Runner):
 
     def __init__(self, target: StoreUrl) -> None:
         self._engine = create_sync_engine_for(target)
+        self.dialect = self._engine.dialect
         self._thread: ThreadPoolExecutor | None = None
         self._conn: Connection | None = None
 

@@ -15,14 +15,27 @@ from sqlalchemy.engine import Dialect
 from workflow_engine.store.records import Status
 
 
+def json_text(value: Any) -> str | None:
+    """A JSON value as the TEXT `JsonText` stores (None: SQL NULL)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def status_text(value: Any) -> str | None:
+    """A `Status` as the TEXT `StatusText` stores."""
+    return None if value is None else str(value)
+
+
 class JsonText(sa.types.TypeDecorator[Any]):
     """A JSON value kept as TEXT serialised with orjson: portable across dialects and fast. None is SQL NULL."""
 
     impl = sa.Text
     cache_ok = True
+    # The bind conversion on every dialect, for SQL run on the driver (store/batch.py) without SQLAlchemy's
+    # processor wrapping it.
+    driver_value = staticmethod(json_text)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else orjson.dumps(value).decode()
+        return json_text(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         return None if value is None else orjson.loads(value)
@@ -33,9 +46,10 @@ class StatusText(sa.types.TypeDecorator[Status]):
 
     impl = sa.Text
     cache_ok = True
+    driver_value = staticmethod(status_text)  # as JsonText's
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else str(value)
+        return status_text(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Status | None:
         return None if value is None else Status(value)

@@ -2,8 +2,10 @@
 
 Every operation on the hot path (create, update, finish, save_step, park) is one statement, a statement object
 built once (`statements.py`) so SQLAlchemy compiles it once, committed with the concurrent writes of other
-executions in one transaction (group commit, `batch.py`); other operations are single autocommitted statements. How a
-statement reaches each database is `runner.py`; the few statements that differ by dialect are in `statements.py`.
+executions in one transaction (group commit, `batch.py`; on a SQLite file by the writer process,
+`writer_process.py`, as are `durable: false` summary rows); other operations are single autocommitted
+statements. How a statement reaches each database is `runner.py`; the few statements that differ by dialect are
+in `statements.py`.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class SqlStore(Store):
     """The store on SQLAlchemy Core; SQLite or PostgreSQL by the URL it was made from."""
 
     def __init__(self, target: StoreUrl, *, clock: Callable[[], float] = time.time,
-                 summary_process: bool = True) -> None:
+                 helper_process: bool = True) -> None:
         self.url = target.display
         self._target = target
         self._sqlite = target.dialect == "sqlite"
@@ -64,11 +66,11 @@ class SqlStore(Store):
         self._clock = clock
         self._runner: Runner | None = None
         self._group: GroupCommit | None = None
-        # SQLite files take summary rows through a helper process (writer_process.py); `:memory:` databases
-        # exist only on the store's own connection.
+        # SQLite files take summary rows and hot-path writes through a helper process (writer_process.py);
+        # `:memory:` databases exist only on the store's own connection.
         database = target.sa_url.database if target.dialect == "sqlite" else None
-        self.summary_writer = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
-                               if summary_process and database and database != ":memory:" else None)
+        self.writer_process = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
+                               if helper_process and database and database != ":memory:" else None)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -81,7 +83,9 @@ class SqlStore(Store):
         self._runner = runner
         # SQLite has one connection; PostgreSQL commits a few batches at once on pooled connections.
         flushes = 1 if self._target.dialect == "sqlite" else max(1, min(4, self._target.pool_size))
-        self._group = GroupCommit(runner, flushes, self._error, driver_sql=self._target.dialect == "sqlite")
+        self._group = GroupCommit(runner, flushes, self._error, driver_sql=self._sqlite,
+                                  dialect=runner.dialect, process=lambda: self.writer_process,
+                                  gone=self._writer_gone)
         try:
             async with self._errors("open"):
                 await runner.open()
@@ -107,8 +111,8 @@ class SqlStore(Store):
         group, self._group = self._group, None
         if group is not None:
             await group.close()
-        if self.summary_writer is not None:
-            await self.summary_writer.close()
+        if self.writer_process is not None:
+            await self.writer_process.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             async with self._errors("close"):
@@ -135,7 +139,10 @@ class SqlStore(Store):
         return self._runner
 
     def _error(self, operation: str, exc: BaseException) -> BaseException:
-        """A driver error as the StoreError naming the operation; other errors as they are."""
+        """A driver error (or the writer process's report of one) as the StoreError naming the operation; other
+        errors as they are."""
+        if isinstance(exc, StoreRowsRefusedError):
+            return StoreError(f"store {operation} failed ({self.url}): {exc}")
         if not isinstance(exc, sa.exc.SQLAlchemyError | OSError):
             return exc
         cause = getattr(exc, "orig", None) or exc
@@ -181,7 +188,12 @@ class SqlStore(Store):
             record = replace(record, created_at=created, updated_at=record.updated_at or created)
         params = dict(vars(record))
         if record.idempotency_key is None:
-            await self._write("create_execution", self._q.insert_execution, params)
+            try:
+                await self._write("create_execution", self._q.insert_execution, params)
+            except StoreError as exc:
+                # Run again after the writer process failed: the row it finds may be its own, committed then.
+                if not exc.retried or not await self._is_own_row(record):
+                    raise
             return record, True
         if (await self._write("create_execution", self._q.insert_execution_idempotent, params)).rows:
             return record, True
@@ -193,7 +205,15 @@ class SqlStore(Store):
                 f"store create_execution: idempotency key '{record.idempotency_key}' of workflow "
                 f"'{record.workflow}' conflicted but its execution is gone"
             )
-        return _execution(existing[0]), False
+        found = _execution(existing[0])
+        if found.id == record.id:  # this very insert, committed by a writer process that failed after it
+            return record, True
+        return found, False
+
+    async def _is_own_row(self, record: ExecutionRecord) -> bool:
+        """Whether the row with `record`'s id is `record`'s own insert (same workflow and creation time)."""
+        found = await self.get_execution(record.id)
+        return found is not None and (found.workflow, found.created_at) == (record.workflow, record.created_at)
 
     async def create_executions(self, records: Sequence[ExecutionRecord]) -> None:
         """Insert rows without idempotency keys in one transaction (one commit for many summary rows)."""
@@ -268,26 +288,30 @@ class SqlStore(Store):
         return await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry))
 
     async def _insert_by_process(self, rows: list[tuple[Any, ...]], operation: str) -> set[str] | bool | None:
-        """Commit summary rows through the helper process: once done, the ids of rows skipped because their
-        idempotency key is taken; False when the helper failed and the store must write them itself; None when
-        there is no helper."""
-        writer = self.summary_writer
+        """Commit summary rows through the writer process: once done, the ids of rows skipped because their
+        idempotency key is taken; False when the process failed and the store must write them itself; None when
+        there is no process."""
+        writer = self.writer_process
         if writer is None:
             return None
         try:
             return await writer.insert(rows)
         except WriterGone as exc:
-            if writer.disabled is not None:  # said once: from now on the thread writes every batch
-                self.summary_writer = None
-                await writer.close()
-                _log.error("summary writer process turned off; the store's thread writes summary rows",
-                           store=self.url, reason=writer.disabled)
-            else:
-                _log.warning("summary writer process unavailable; the store's thread writes the batch",
-                             store=self.url, rows=len(rows), error=str(exc))
+            self._writer_gone(writer, exc, len(rows))
             return False
         except StoreRowsRefusedError as exc:
             raise StoreError(f"store {operation} failed ({self.url}): {exc}") from exc
+
+    def _writer_gone(self, writer: WriterProcess, exc: WriterGone, size: int) -> None:
+        """The writer process failed a batch of `size` rows or writes, which the store's thread writes now."""
+        if writer.disabled is not None:
+            if self.writer_process is writer:  # said once: from now on the thread writes everything
+                self.writer_process = None
+                _log.error("store writer process turned off; the store's thread writes every batch",
+                           store=self.url, reason=writer.disabled)
+            return
+        _log.warning("store writer process unavailable; the store's thread writes the batch",
+                     store=self.url, batch=size, error=str(exc))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""

@@ -1,4 +1,4 @@
-"""The summary writer's child process (see `writer_process.py`): stdlib only, started by `WriterProcess`.
+"""The store's writer child process (see `writer_process.py`): stdlib only, started by `WriterProcess`.
 
     python -m workflow_engine.store.writer_child DATABASE_PATH
 """
@@ -15,7 +15,8 @@ from typing import Any
 # matches it (no fsync per commit in WAL). It waits a second for another writer (the engine's group commits, a
 # replica on the same file); a batch still locked out then is written by the store's own thread, which takes
 # its turn among the engine's writes instead of racing them for the lock (and summary rows never wait long).
-CHILD_PRAGMAS = ("PRAGMA busy_timeout=1000", "PRAGMA synchronous=NORMAL")
+# foreign_keys as on the engine's connection: a step checkpoint names an execution that exists.
+CHILD_PRAGMAS = ("PRAGMA busy_timeout=1000", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 BUSY = "busy: "  # the prefix of a refusal for want of the write lock (the rows themselves were fine)
 
 
@@ -51,28 +52,83 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
         if not header:
             return 0
         columns = json.loads(header)
-        statement, key_column = insert_sql(columns), columns.index("idempotency_key")
+        summaries = _Summaries(insert_sql(columns), columns.index("idempotency_key"))
+        statements: dict[int, str] = {}
         for line in stdin:
-            seq, rows = json.loads(line)
-            error, skipped = None, []
+            seq, kind, *payload = json.loads(line)
+            error: str | None = None
+            result: list[Any] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                before = conn.total_changes
-                conn.executemany(statement, rows)
-                if conn.total_changes - before < len(rows):
-                    skipped = sorted(skipped_keyed_rows(conn, rows, key_column))
+                if kind == "rows":
+                    result = summaries.insert(conn, payload[0])
+                else:
+                    statements.update((int(number), sql) for number, sql in payload[0].items())
+                    result = run_writes(conn, statements, payload[1])
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
                 error = f"{BUSY if busy else ''}{type(exc).__name__}: {exc}"
-                skipped = []
+                result = []
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            stdout.write(json.dumps([seq, error, skipped]).encode() + b"\n")
+            stdout.write(json.dumps([seq, error, result]).encode() + b"\n")
             stdout.flush()
         return 0
     finally:
         conn.close()
+
+
+class _Summaries:
+    """Summary rows: one multi-row insert per batch; the ids of keyed rows skipped for a taken key."""
+
+    def __init__(self, statement: str, key_column: int) -> None:
+        self.statement = statement
+        self.key_column = key_column
+
+    def insert(self, conn: sqlite3.Connection, rows: list[list[Any]]) -> list[str]:
+        before = conn.total_changes
+        conn.executemany(self.statement, rows)
+        if conn.total_changes - before < len(rows):
+            return sorted(skipped_keyed_rows(conn, rows, self.key_column))
+        return []
+
+
+Write = list[list[Any]]  # one caller's statements, [statement number, parameters] each, all or none
+WriteResult = list[list[Any]] | str  # [rows, rowcount] per statement, or why the write was refused
+
+
+def run_writes(conn: sqlite3.Connection, statements: dict[int, str], writes: list[Write]) -> list[WriteResult]:
+    """Run each write's statements in the open transaction; one write's refusal (a constraint) undoes only that
+    write. Tried first without savepoints (the common case: every write is fine); when one fails, the whole
+    batch is undone and run again with a savepoint around each write."""
+    try:
+        conn.execute("SAVEPOINT batch")
+        results: list[WriteResult] = [_run(conn, statements, write) for write in writes]
+        conn.execute("RELEASE batch")
+        return results
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+    results = []
+    for write in writes:
+        conn.execute("SAVEPOINT one")
+        try:
+            results.append(_run(conn, statements, write))
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO one")
+            results.append(f"{type(exc).__name__}: {exc}")
+        conn.execute("RELEASE one")
+    return results
+
+
+def _run(conn: sqlite3.Connection, statements: dict[int, str], write: Write) -> list[list[Any]]:
+    out = []
+    for number, params in write:
+        cursor = conn.execute(statements[number], params)
+        rows = cursor.fetchall() if cursor.description else []
+        out.append([rows, cursor.rowcount])
+    return out
 
 
 if __name__ == "__main__":

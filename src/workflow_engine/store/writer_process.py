@@ -1,26 +1,33 @@
-"""A helper process that inserts `durable: false` summary rows into a SQLite file, off the engine's GIL.
+"""A helper process that writes to a SQLite file off the engine's GIL: `durable: false` summary rows, and the
+hot-path writes of durable executions (group commit batches, `batch.py`).
 
-Why a process: on the store's thread, the Python half of every summary batch (SQLAlchemy's statement path,
-binding thousands of parameters) holds the GIL the event loop needs, and each of the loop's socket syscalls
-hands the GIL to that thread and waits to get it back. Measured over the wire (bench/RESULTS.md, 2026-12-02),
-a `durable: false` HTTP route serves 16 % more requests with the rows written here than on the thread; the rows'
-own SQLite work is a small part of that. A process has its own GIL: the loop only serialises the rows (orjson)
-and writes them to a pipe.
+Why a process: on the store's thread, the Python half of every batch (SQLAlchemy's statement path, binding
+parameters, the driver's calls) holds the GIL the event loop needs, and each of the loop's socket syscalls hands
+the GIL to that thread and waits to get it back. Measured over the wire (bench/RESULTS.md, 2026-12-02), a
+`durable: false` HTTP route serves 16 % more requests with the rows written here than on the thread; the rows'
+own SQLite work is a small part of that. A process has its own GIL: the loop only serialises the batch (orjson)
+and writes it to a pipe.
 
-Protocol, one JSON document per line: the parent's first line is the column list, then every line is
-`[seq, rows]` (rows: arrays in column order, JSON columns already as text); the child answers each with
-`[seq, null, skipped]` once the rows are committed (`skipped`: ids of keyed rows not inserted because another
-execution has their idempotency key), or `[seq, "message", []]` when the transaction failed (rolled back;
-"busy: ..." when the write lock could not be had).
+Protocol, one JSON document per line: the parent's first line is the column list of `executions`, then every
+line is a batch, committed in one transaction:
+- `[seq, "rows", rows]`: summary rows (arrays in column order, JSON columns already as text). The answer's
+  result is the ids of keyed rows not inserted because another execution has their idempotency key.
+- `[seq, "writes", statements, writes]`: `statements` maps numbers to SQL text not sent to this child before;
+  `writes` is a list of writes, each a list of `[statement number, parameters]` that commit together or not
+  at all. The answer's result has, per write, `[rows, rowcount]` per statement, or the message of the
+  constraint that refused that write (only that write is undone).
+The child answers each batch with `[seq, null, result]` once it is committed, or `[seq, "message", []]` when
+the transaction failed (rolled back; "busy: ..." when the write lock could not be had).
 End of input: the child exits. The child opens its own connection to the same file (WAL: the engine's
 connection keeps reading and writing; the busy timeout orders the writers).
 
-The child is started on the first batch, so engines and tests that never write summary rows start none. When
-it cannot be started, dies, does not answer within 30 s, or finds the database locked for a second,
-`WriterProcess.insert` raises `WriterGone`; the store then writes that batch itself (`ON CONFLICT (id) DO
-NOTHING`: rows the child committed before it failed are not inserted twice) and starts a new child for the
-next batch. A child that cannot be started, or a tenth one, turns the process off for the store's life
-(`disabled` says why).
+The child is started on the first batch, so engines and tests that never write start none. When it cannot be
+started, dies, does not answer within 30 s, or finds the database locked for a second, `WriterProcess` raises
+`WriterGone`; the store then writes that batch itself and starts a new child for the next batch. A batch sent to
+a child that then failed may have been committed (`WriterGone.maybe_committed`): summary rows are inserted with
+`ON CONFLICT (id) DO NOTHING` then, and the store's writes are safe to repeat (see `SqlStore.create_execution`).
+A child that cannot be started, or a tenth one, turns the process off for the store's life (`disabled` says
+why).
 
 The child's side is `writer_child.py` (stdlib only, so it starts in a few tens of milliseconds).
 """
@@ -30,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -47,7 +54,12 @@ MAX_CHILDREN = 10
 
 
 class WriterGone(Exception):
-    """The helper process could not be started, or stopped answering; the caller writes the rows itself."""
+    """The helper process could not be started, or stopped answering; the caller writes the batch itself.
+    `maybe_committed`: the child had the batch and may have committed it before it failed."""
+
+    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
 
 
 class WriterProcess:
@@ -64,11 +76,33 @@ class WriterProcess:
         self.max_children = MAX_CHILDREN
         self.python = sys.executable
         self.disabled: str | None = None  # why no child is started any more
+        self._known: set[int] = set()  # statement numbers the running child has the SQL of
 
     async def insert(self, rows: Sequence[Sequence[Any]]) -> set[str]:
-        """Commit `rows` through the child; returns the ids of keyed rows skipped because their idempotency key
-        is taken. WriterGone when the child is not there to do it, StoreRowsRefusedError with SQLite's message
-        when it refused them.
+        """Commit summary `rows` through the child; returns the ids of keyed rows skipped because their
+        idempotency key is taken. WriterGone when the child is not there to do it, StoreRowsRefusedError with
+        SQLite's message when it refused them."""
+        return set(await self._batch(lambda _: ["rows", rows]))
+
+    async def execute(self, writes: Sequence[Sequence[tuple[int, str, Sequence[Any]]]]) -> list[list[Any] | str]:
+        """Commit `writes` (each a list of (statement number, SQL, parameters) that commit together) in one
+        transaction; returns per write `[rows, rowcount]` per statement, or the message of the constraint
+        that refused it. WriterGone / StoreRowsRefusedError as for `insert`."""
+        def message(known: set[int]) -> list[Any]:
+            new: dict[str, str] = {}  # JSON object keys are text
+            batch = []
+            for write in writes:
+                for number, sql, _ in write:
+                    if number not in known:
+                        known.add(number)
+                        new[str(number)] = sql
+                batch.append([[number, params] for number, _, params in write])
+            return ["writes", new, batch]
+
+        return list(await self._batch(message))
+
+    async def _batch(self, build: Callable[[set[int]], list[Any]]) -> Any:
+        """Send the batch `build(statements the child knows)` makes and return the child's result.
 
         A caller cancelled while it waits (shutdown) leaves its batch with the child, which commits it as the
         store's thread would have; the next call skips that batch's answer."""
@@ -77,29 +111,33 @@ class WriterProcess:
             assert proc.stdin is not None
             assert proc.stdout is not None
             self._seq += 1
+            known = set(self._known)
+            line = orjson.dumps([self._seq, *build(known)]) + b"\n"  # TypeError: not JSON data (caller's)
+            self._known = known
             try:
-                proc.stdin.write(orjson.dumps([self._seq, rows]) + b"\n")
+                proc.stdin.write(line)
                 await proc.stdin.drain()
                 line = await asyncio.wait_for(self._answer(proc.stdout), self.answer_timeout)
             except (OSError, ValueError) as exc:  # broken pipe, or an answer longer than the stream's limit
                 await self._discard()
-                raise WriterGone(f"summary writer process failed: {exc}") from exc
+                raise WriterGone(f"store writer process failed: {exc}", maybe_committed=True) from exc
             except TimeoutError:
                 await self._discard()
-                raise WriterGone(f"summary writer process did not answer within {self.answer_timeout:g}s; "
-                                 "killed") from None
+                raise WriterGone(f"store writer process did not answer within {self.answer_timeout:g}s; "
+                                 "killed", maybe_committed=True) from None
             if not line:
                 code = await self._discard()
-                raise WriterGone(f"summary writer process exited (code {code})")
-            seq, error, skipped = orjson.loads(line)
+                raise WriterGone(f"store writer process exited (code {code})", maybe_committed=True)
+            seq, error, result = orjson.loads(line)
             if seq != self._seq:
                 await self._discard()
-                raise WriterGone(f"summary writer process answered batch {seq} for batch {self._seq}")
+                raise WriterGone(f"store writer process answered batch {seq} for batch {self._seq}",
+                                 maybe_committed=True)
             if error is not None:
                 if error.startswith(BUSY):
-                    raise WriterGone(f"summary writer process found the database locked: {error}")
+                    raise WriterGone(f"store writer process found the database locked: {error}")
                 raise StoreRowsRefusedError(str(error))
-            return set(skipped)
+            return result
 
     async def _answer(self, stdout: asyncio.StreamReader) -> bytes:
         """The child's answer to the current batch (b"" at end of output); answers to batches whose callers
@@ -137,7 +175,7 @@ class WriterProcess:
         if proc is not None:
             await self._discard()
         if self.disabled is None and self.started >= self.max_children:
-            self.disabled = f"summary writer process started {self.started} times"
+            self.disabled = f"store writer process started {self.started} times"
         if self.disabled is not None:
             raise WriterGone(self.disabled)
         try:
@@ -146,9 +184,10 @@ class WriterProcess:
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            self.disabled = f"summary writer process could not start: {exc}"
+            self.disabled = f"store writer process could not start: {exc}"
             raise WriterGone(self.disabled) from exc
         self._proc = proc
+        self._known = set()
         self.started += 1
         assert proc.stdin is not None
         proc.stdin.write(orjson.dumps(list(self.columns)) + b"\n")
