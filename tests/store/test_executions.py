@@ -215,3 +215,15 @@ async def test_summary_rows_with_a_taken_idempotency_key_are_skipped_and_named(
     assert (kept.idempotency_key, kept.input, kept.output, kept.durable) == ("bus:m1", {"body": {"n": 1}},
                                                                              {"n": 1}, False)
     assert {r.id for r in (await store.list_executions(workflow="consume")).items} == {"first", "other", "plain"}
+
+
+
+async def test_summary_rows_sharing_a_key_in_one_batch_insert_one(make_store: StoreFactory) -> None:
+    """Two deliveries of one message id ending in the same batch: one row, the other named as taken."""
+    store = await make_store()
+    rows = [_keyed_summary(store, "one", "bus:m7"), _keyed_summary(store, "two", "bus:m7")]
+    taken = await store.create_summaries(rows)
+    assert len(taken) == 1
+    assert taken < {"one", "two"}
+    kept = {r.id for r in (await store.list_executions(workflow="consume")).items}
+    assert kept == {"one", "two"} - taken

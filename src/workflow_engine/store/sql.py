@@ -259,13 +259,25 @@ class SqlStore(Store):
     async def create_summaries(self, rows: Sequence[Any]) -> set[str]:
         """Insert `summary_row` rows in one transaction (through the helper process on a SQLite file); returns
         the ids of keyed rows not inserted because their idempotency key belongs to another execution."""
-        if not self._sqlite:
-            return await super().create_summaries(rows)
         if not rows:
             return set()
         runner = self._open_runner("create_summaries")
         async with self._errors("create_summaries"):
-            return await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
+            if self._sqlite:
+                return await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
+            return await runner.transaction(functools.partial(self._insert_summaries, rows))
+
+    def _insert_summaries(self, rows: Sequence[ExecutionRecord], conn: sa.Connection) -> set[str]:
+        """PostgreSQL: plain rows in one multi-row INSERT, keyed ones in another that skips taken keys and
+        returns the ids it inserted (SQLAlchemy's insertmanyvalues: a few statements, not one per row)."""
+        plain = [dict(vars(row)) for row in rows if row.idempotency_key is None]
+        keyed = [dict(vars(row)) for row in rows if row.idempotency_key is not None]
+        if plain:
+            conn.execute(self._q.insert_execution, plain)
+        if not keyed:
+            return set()
+        inserted = {row[0] for row in conn.execute(self._q.insert_execution_idempotent, keyed)}
+        return {params["id"] for params in keyed} - inserted
 
     def summary_record(self, row: Any) -> ExecutionRecord:
         """The ExecutionRecord of a `summary_row` row."""
