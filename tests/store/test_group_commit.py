@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,55 @@ async def test_statements_written_together_commit_together_or_not_at_all(store: 
     record = await store.get_execution("e0001")
     assert record is not None
     assert record.status is Status.SUCCESS
+
+
+async def test_hot_path_batches_skip_sqlalchemys_execution_path(store: Store,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both dialects: concurrent hot-path writes run as driver SQL (SQLite: the writer process; PostgreSQL:
+    asyncpg itself), never through SQLAlchemy's statement or transaction path, and still do everything their
+    statements say; a write the database refuses fails only its caller, with an error naming the operation."""
+    assert isinstance(store, SqlStore)
+    runner = store._runner
+    assert runner is not None
+    through_sqlalchemy: list[str] = []
+    for name in ("transaction", "execute"):
+        real = getattr(runner, name)
+
+        async def counted(*args: object, _real: Any = real, _name: str = name) -> object:
+            through_sqlalchemy.append(_name)
+            return await _real(*args)
+
+        monkeypatch.setattr(runner, name, counted)
+    created = await asyncio.gather(*(store.create_execution(_record(i, key=f"k{i}")) for i in range(4)))
+    assert [flag for _, flag in created] == [True] * 4
+    await asyncio.gather(
+        store.save_step(StepRecord("e0000", "one", "success", output={"x": 1}, started_at=1.0, finished_at=2.0)),
+        store.update_execution("e0001", attempt=2),
+        store.park("e0002", 99.0, "orders.paid", {"step": "wait"}),
+        store.finish_execution("e0003", Status.SUCCESS, {"ok": True}, None, 3.0,
+                               steps=[StepRecord("e0003", "last", "success", output=3)]),
+    )
+    assert through_sqlalchemy == []
+    results = await asyncio.gather(
+        store.update_execution("e0001", attempt=3),
+        store.save_step(StepRecord("missing", "one", "success", output=1)),  # no such execution
+        return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], StoreError)
+    assert "save_step" in str(results[1])
+    assert "foreign key" in str(results[1]).lower()
+    with pytest.raises(StoreError, match="does not exist"):
+        await store.finish_execution("missing", Status.SUCCESS, None, None, 1.0)
+    duplicate, flag = await store.create_execution(_record(9, key="k0"))
+    assert (duplicate.id, flag) == ("e0000", False)
+    assert [s.output for s in await store.load_steps("e0000")] == [{"x": 1}]
+    done = await store.get_execution("e0003")
+    assert done is not None
+    assert (done.status, done.output, done.owner) == (Status.SUCCESS, {"ok": True}, None)
+    assert [s.output for s in await store.load_steps("e0003")] == [3]
+    updated = await store.get_execution("e0001")
+    assert updated is not None
+    assert updated.attempt == 3
+    parked = await store.get_execution("e0002")
+    assert parked is not None
+    assert (parked.status, parked.wake_at, parked.wait_state) == (Status.PARKED, 99.0, {"step": "wait"})

@@ -1,7 +1,8 @@
 """How each dialect runs a statement: the only place where SQLite and PostgreSQL execution differ.
 
 - PostgreSQL: SQLAlchemy's async engine on an asyncpg pool; each call checks a connection out for its statement.
-  Connections autocommit, so a single-statement write is one round trip (no BEGIN/COMMIT).
+  Connections autocommit, so a single-statement write is one round trip (no BEGIN/COMMIT). Group commit batches
+  run on the pooled connection's asyncpg connection itself (`driver_transaction`).
 - SQLite: SQLAlchemy's sync engine on the stdlib driver, with one connection living on one thread that the store
   owns. Every call is one hop to that thread. (Measured: aiosqlite through SQLAlchemy makes three thread hops per
   statement — cursor, execute, close — about 4x slower per checkpoint.) The single thread also serialises every
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,7 +49,7 @@ def outcome(result: sa.CursorResult[Any]) -> Outcome:
 class Runner(ABC):
     """Runs statements on one dialect's connections."""
 
-    dialect: Dialect | None = None  # SQLite's, for SQL compiled once and run on the driver (store/batch.py)
+    dialect: Dialect | None = None  # for SQL compiled once and run on the driver (store/batch.py); set by open
 
     @abstractmethod
     async def open(self) -> None:
@@ -147,6 +149,7 @@ class PostgresRunner(Runner):
     async def open(self) -> None:
         try:
             self._engine = create_async_engine_for(self._target)
+            self.dialect = self._engine.dialect
         except ImportError as exc:
             raise StoreError(
                 f"store '{self._target.display}': PostgreSQL needs asyncpg: pip install 'workflow-engine[postgres]'"
@@ -170,6 +173,17 @@ class PostgresRunner(Runner):
             await conn.execution_options(isolation_level="READ COMMITTED")
             async with conn.begin():
                 return await conn.run_sync(fn)
+
+    @asynccontextmanager
+    async def driver_transaction(self) -> AsyncIterator[Any]:
+        """A pooled connection's asyncpg connection inside a READ COMMITTED transaction, committed when the
+        block ends (rolled back when it raises): for SQL compiled once and run on the driver (store/batch.py),
+        without SQLAlchemy's per-statement execution path."""
+        async with self._pool().connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            async with driver.transaction(isolation="read_committed"):  # type: ignore[union-attr]
+                yield driver
 
 
 def runner_for(target: StoreUrl) -> Runner:

@@ -84,8 +84,8 @@ class SqlStore(Store):
         # SQLite has one connection; PostgreSQL commits a few batches at once on pooled connections.
         flushes = 1 if self._target.dialect == "sqlite" else max(1, min(4, self._target.pool_size))
         self._group = GroupCommit(runner, flushes, self._error, driver_sql=self._sqlite,
-                                  dialect=runner.dialect, process=lambda: self.writer_process,
-                                  gone=self._writer_gone)
+                                  process=lambda: self.writer_process,
+                                  gone=self._writer_gone, asyncpg_sql=not self._sqlite)
         try:
             async with self._errors("open"):
                 await runner.open()
