@@ -227,3 +227,19 @@ async def test_summary_rows_sharing_a_key_in_one_batch_insert_one(make_store: St
     assert taken < {"one", "two"}
     kept = {r.id for r in (await store.list_executions(workflow="consume")).items}
     assert kept == {"one", "two"} - taken
+
+
+async def test_a_batch_of_summary_rows_the_database_refuses_is_a_store_error_and_writes_nothing(
+        make_store: StoreFactory) -> None:
+    """An id already taken refuses the whole batch (the recorder then writes its rows one by one): a
+    StoreError naming the operation and the constraint, and none of the batch's other rows."""
+    store = await make_store()
+    await store.create_summaries([_keyed_summary(store, "first", None)])
+    with pytest.raises(StoreError, match=r"create_summaries failed.*(UNIQUE|unique|duplicate key)"):
+        await store.create_summaries([_keyed_summary(store, "second", "bus:m9"),
+                                      _keyed_summary(store, "first", None)])
+    assert {r.id for r in (await store.list_executions(workflow="consume")).items} == {"first"}
+    record = await store.get_execution("first")
+    assert record is not None
+    assert (record.status, record.input, record.output, record.durable) == (Status.SUCCESS, {"body": {"n": 1}},
+                                                                            {"n": 1}, False)

@@ -240,14 +240,8 @@ class SqlStore(Store):
         finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
         input: Any = None, idempotency_key: str | None = None,
     ) -> Any:
-        """On SQLite, the driver's row itself (`_row`'s tuple), built in one expression: an ExecutionRecord
-        and `_row` cost ~3 us a row more, on the event loop."""
-        if not self._sqlite:
-            return super().summary_row(
-                execution_id, workflow=workflow, trigger=trigger, status=status, config_version=config_version,
-                output=output, error=error, attempt=attempt, created_at=created_at, started_at=started_at,
-                finished_at=finished_at, updated_at=updated_at, lease_expires_at=lease_expires_at,
-                parent_id=parent_id, input=input, idempotency_key=idempotency_key)
+        """The driver's row itself (`_row`'s tuple, the values as both dialects' columns take them), built in
+        one expression: an ExecutionRecord and `_row` cost ~3 us a row more, on the event loop."""
         # In _EXECUTION_COLUMNS order (checked at import).
         return (execution_id, workflow, trigger, None if input is None else orjson.dumps(input).decode(),
                 str(status), config_version,
@@ -265,24 +259,24 @@ class SqlStore(Store):
         async with self._errors("create_summaries"):
             if self._sqlite:
                 return await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
-            return await runner.transaction(functools.partial(self._insert_summaries, rows))
+            return await self._insert_postgres_rows(runner, rows)
 
-    def _insert_summaries(self, rows: Sequence[ExecutionRecord], conn: sa.Connection) -> set[str]:
-        """PostgreSQL: plain rows in one multi-row INSERT, keyed ones in another that skips taken keys and
-        returns the ids it inserted (SQLAlchemy's insertmanyvalues: a few statements, not one per row)."""
-        plain = [dict(vars(row)) for row in rows if row.idempotency_key is None]
-        keyed = [dict(vars(row)) for row in rows if row.idempotency_key is not None]
-        if plain:
-            conn.execute(self._q.insert_execution, plain)
-        if not keyed:
-            return set()
-        inserted = {row[0] for row in conn.execute(self._q.insert_execution_idempotent, keyed)}
-        return {params["id"] for params in keyed} - inserted
+    async def _insert_postgres_rows(self, runner: Runner, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+        """PostgreSQL: every row in one statement on asyncpg, its columns bound as arrays and unnested, keyed
+        rows whose key is taken skipped; returns their ids (the keyed ids not in RETURNING)."""
+        import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra: there when this store is
+
+        columns = list(zip(*rows, strict=True))
+        try:
+            async with runner.driver_transaction() as connection:  # type: ignore[attr-defined]
+                inserted = await connection.fetch(_POSTGRES_SUMMARY_INSERT, *columns)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused or cut off: rolled back
+            raise StoreError(f"store create_summaries failed ({self.url}): {type(exc).__name__}: {exc}") from exc
+        keyed = {row[0] for row in rows if row[_KEY_COLUMN] is not None}
+        return keyed - {record[0] for record in inserted} if keyed else set()
 
     def summary_record(self, row: Any) -> ExecutionRecord:
         """The ExecutionRecord of a `summary_row` row."""
-        if not self._sqlite:
-            return super().summary_record(row)
         values = dict(zip(_EXECUTION_COLUMNS, row, strict=True))
         for name in _JSON_COLUMNS:
             if values[name] is not None:
@@ -526,6 +520,30 @@ _SUMMARY_ROW_ORDER = ("id", "workflow", "trigger", "input", "status", "config_ve
 if _EXECUTION_COLUMNS != _SUMMARY_ROW_ORDER:
     raise RuntimeError(f"SqlStore.summary_row writes {_SUMMARY_ROW_ORDER}, the table has {_EXECUTION_COLUMNS}")
 _KEY_COLUMN = _EXECUTION_COLUMNS.index("idempotency_key")
+
+
+def _postgres_array_type(column: sa.Column[Any]) -> str:
+    kind = column.type
+    if isinstance(kind, sa.Boolean):
+        return "boolean[]"
+    if isinstance(kind, sa.BigInteger):
+        return "bigint[]"
+    if isinstance(kind, sa.Integer):
+        return "integer[]"
+    if isinstance(kind, sa.Double | sa.Float):
+        return "double precision[]"
+    return "text[]"  # Text, JsonText (serialised), StatusText
+
+
+def _postgres_summary_insert() -> str:
+    """Summary rows on PostgreSQL: one array per column, unnested into rows (one statement for a whole batch);
+    rows whose idempotency key is taken are skipped; the ids inserted are returned."""
+    names = ", ".join(f'"{column.name}"' for column in executions.columns)
+    arrays = ", ".join(f"${n}::{_postgres_array_type(column)}" for n, column in enumerate(executions.columns, 1))
+    return f"INSERT INTO executions ({names}) SELECT * FROM unnest({arrays}) {SKIP_TAKEN_KEYS} RETURNING id"
+
+
+_POSTGRES_SUMMARY_INSERT = _postgres_summary_insert()
 # Rows per multi-row INSERT on SQLite, largest first (a batch is cut into these, so few statements are ever
 # prepared); SQLite before 3.32 binds at most 999 values per statement.
 _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0) else (32, 8, 2, 1)
