@@ -60,7 +60,6 @@ class _Group:
 
 _Write = _Statement | _Group
 _Result = Outcome | list[Outcome]
-_UNCOMPILED: Any = object()
 
 
 class _NeedsSqlAlchemy(Exception):
@@ -194,22 +193,13 @@ class GroupCommit:
     async def _by_process(self, process: WriterProcess, batch: list[_Write]) -> list[_Result | BaseException] | None:
         """`batch` committed by the writer process; None when the store's thread must run it (a statement
         SQLAlchemy must run, values that are not JSON data, a transaction the child refused as a whole)."""
-        dialect = self._runner.dialect
-        assert dialect is not None
-        writes = []
-        for write in batch:
-            statements = write.statements if isinstance(write, _Group) else (write,)
-            prepared = []
-            for _, statement, params in statements:
-                compiled = self._compiled_for(statement, params, dialect)
-                if compiled is None:
-                    return None
-                try:
-                    values = compiled.values(params)
-                except Exception:  # a value its column cannot take: the thread's statement says which
-                    return None
-                prepared.append((compiled.number, compiled.sql, values))
-            writes.append(prepared)
+        compiled = self._compile(batch)
+        if compiled is None:
+            return None
+        try:
+            writes = [[(c.number, c.sql, c.values(params)) for c, params in write] for write in compiled]
+        except Exception:  # a value its column cannot take: the thread's statement says which
+            return None
         try:
             answers = await process.execute(writes)
         except (TypeError, StoreRowsRefusedError) as exc:
@@ -220,30 +210,38 @@ class GroupCommit:
             if isinstance(answer, str):  # a constraint refused this write alone
                 operation = write.statements[0][0] if isinstance(write, _Group) else write[0]
                 results.append(self._errors(operation, StoreRowsRefusedError(answer)))
-                continue
-            outcomes = [Outcome(rows, rowcount) for rows, rowcount in answer]
-            results.append(outcomes if isinstance(write, _Group) else outcomes[0])
+            else:
+                results.append(_shaped(write, [Outcome(rows, rowcount) for rows, rowcount in answer]))
         return results
 
     async def _on_asyncpg(self, batch: list[_Write]) -> list[_Result | BaseException]:
         """`batch` in one transaction on asyncpg itself, with SQL compiled once (SQLAlchemy's async execution
         path cost ~150 us of the loop's CPU per statement). A batch with a statement SQLAlchemy must run goes
         SQLAlchemy's way, write by write (`_NeedsSqlAlchemy`)."""
+        compiled = self._compile(batch)
+        if compiled is None:
+            raise _NeedsSqlAlchemy
+        async with self._runner.driver_transaction() as connection:
+            results: list[_Result | BaseException] = []
+            for write, statements in zip(batch, compiled, strict=True):
+                results.append(_shaped(write, [await c.run_asyncpg(connection, params) for c, params in statements]))
+            return results
+
+    def _compile(self, batch: list[_Write]) -> list[list[tuple[_Compiled, dict[str, Any]]]] | None:
+        """Each write's statements compiled for the driver, with their parameters; None when one of them must
+        go through SQLAlchemy."""
         dialect = self._runner.dialect
         assert dialect is not None
-        driver_transaction = self._runner.driver_transaction  # type: ignore[attr-defined]
-        async with driver_transaction() as connection:
-            results: list[_Result | BaseException] = []
-            for write in batch:
-                statements = write.statements if isinstance(write, _Group) else (write,)
-                outcomes = []
-                for _, statement, params in statements:
-                    compiled = self._compiled_for(statement, params, dialect)
-                    if compiled is None:
-                        raise _NeedsSqlAlchemy
-                    outcomes.append(await compiled.run_asyncpg(connection, params))
-                results.append(outcomes if isinstance(write, _Group) else outcomes[0])
-            return results
+        out = []
+        for write in batch:
+            statements = []
+            for _, statement, params in (write.statements if isinstance(write, _Group) else (write,)):
+                compiled = self._compiled_for(statement, params, dialect)
+                if compiled is None:
+                    return None
+                statements.append((compiled, params))
+            out.append(statements)
+        return out
 
     def _on_driver(self, conn: Connection, batch: list[_Write]) -> list[_Result]:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -259,16 +257,19 @@ class GroupCommit:
 
     def _compiled_for(self, statement: Executable, params: dict[str, Any], dialect: Dialect) -> _Compiled | None:
         key = (statement, tuple(params))
-        compiled = self._compiled.get(key, _UNCOMPILED)
-        if compiled is _UNCOMPILED:
-            try:
-                compiled = _Compiled(statement, key[1], dialect)
-            except ValueError:
-                compiled = None  # SQLAlchemy runs it (defaults to compute, expanding parameters)
-            if len(self._compiled) > 1024:  # statements are few; parameter sets too, unless a caller varies them
-                self._compiled.clear()
-            self._compiled[key] = compiled
-        return compiled  # type: ignore[no-any-return]
+        try:  # one lookup: the store's thread may clear the cache between a membership test and a read
+            return self._compiled[key]
+        except KeyError:
+            pass
+        compiled: _Compiled | None
+        try:
+            compiled = _Compiled(statement, key[1], dialect)
+        except ValueError:
+            compiled = None  # SQLAlchemy runs it (defaults to compute, expanding parameters)
+        if len(self._compiled) > 1024:  # statements are few; parameter sets too, unless a caller varies them
+            self._compiled.clear()
+        self._compiled[key] = compiled
+        return compiled
 
     async def _alone(self, write: _Write) -> _Result | BaseException:
         if isinstance(write, _Group):
@@ -287,6 +288,11 @@ class GroupCommit:
     async def close(self) -> None:
         """Wait for the transactions under way (the store closes after its last writes are committed)."""
         await self._writes.close()
+
+
+def _shaped(write: _Write, outcomes: list[Outcome]) -> _Result:
+    """The outcomes of a write's statements as its caller takes them: a list for a group, else the one."""
+    return outcomes if isinstance(write, _Group) else outcomes[0]
 
 
 def _each(write: _Write, run: Callable[[str, Executable, dict[str, Any]], Outcome]) -> _Result:

@@ -18,7 +18,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -70,6 +70,11 @@ class Runner(ABC):
     @abstractmethod
     async def transaction(self, fn: Callable[[Connection], T]) -> T:
         """`fn` with a sync connection inside one transaction, committed when it returns."""
+
+    def driver_transaction(self) -> AbstractAsyncContextManager[Any]:
+        """The driver's own async connection inside one transaction (PostgreSQL's asyncpg); SQLite's driver is
+        synchronous and has none."""
+        raise NotImplementedError(f"{type(self).__name__} has no async driver connection")
 
 
 class SqliteRunner(Runner):
@@ -180,9 +185,9 @@ class PostgresRunner(Runner):
         block ends (rolled back when it raises): for SQL compiled once and run on the driver (store/batch.py),
         without SQLAlchemy's per-statement execution path."""
         async with self._pool().connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            async with driver.transaction(isolation="read_committed"):  # type: ignore[union-attr]
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # checked out: it is connected
+            async with driver.transaction(isolation="read_committed"):
                 yield driver
 
 

@@ -268,7 +268,7 @@ class SqlStore(Store):
 
         columns = list(zip(*rows, strict=True))
         try:
-            async with runner.driver_transaction() as connection:  # type: ignore[attr-defined]
+            async with runner.driver_transaction() as connection:
                 inserted = await connection.fetch(_POSTGRES_SUMMARY_INSERT, *columns)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused or cut off: rolled back
             raise StoreError(f"store create_summaries failed ({self.url}): {type(exc).__name__}: {exc}") from exc
