@@ -9,7 +9,7 @@ import pytest
 
 from tests.store.conftest import StoreFactory
 from workflow_engine.store.base import Store, StoreError
-from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 from workflow_engine.store.sql import SqlStore
 
 NESTED = {
@@ -135,6 +135,30 @@ async def test_idempotency_key_returns_the_first_execution(store: Store) -> None
     )
     assert inserted
     assert other.id == "e3"
+
+
+async def test_an_execution_created_with_its_checkpoints_has_them_and_a_taken_key_writes_none(
+        store: Store) -> None:
+    """An execution first written after steps ran (a message's first delivery): the row and its checkpoints in
+    one write, in order. With its idempotency key taken, the other execution comes back and nothing of this
+    one is written (a checkpoint of it would name an execution that is not there)."""
+    steps = [StepRecord("e1", "a", "success", output={"n": 1}, started_at=1.0, finished_at=2.0),
+             StepRecord("e1", "b", "success", output=[2], started_at=2.0, finished_at=3.0)]
+    record = ExecutionRecord(id="e1", workflow="w", trigger="message", input={"n": 1}, status=Status.SUCCESS,
+                             output={"done": True}, created_at=1.0, updated_at=3.0, finished_at=3.0,
+                             idempotency_key="bus:m1")
+    created, inserted = await store.create_execution(record, steps=steps)
+    assert (created, inserted) == (record, True)
+    assert await store.get_execution("e1") == record
+    assert [(s.step_key, s.output) for s in await store.load_steps("e1")] == [("a", {"n": 1}), ("b", [2])]
+
+    duplicate = ExecutionRecord(id="e2", workflow="w", trigger="message", input={"n": 1}, status=Status.RUNNING,
+                                created_at=4.0, updated_at=4.0, idempotency_key="bus:m1")
+    found, inserted = await store.create_execution(
+        duplicate, steps=[StepRecord("e2", "a", "success", output=0, started_at=4.0, finished_at=4.0)])
+    assert (found.id, inserted) == ("e1", False)
+    assert await store.get_execution("e2") is None
+    assert await store.load_steps("e2") == []
 
 
 async def test_idempotency_key_under_concurrency(make_store: StoreFactory) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -12,11 +15,12 @@ import structlog.testing
 
 from tests.factories import executions, running_engine, sample, wait_until
 from tests.modules.broker.conformance import Consumer
+from tests.modules.dynamic.conftest import write_source
 from workflow_engine.engine.engine import Engine
 from workflow_engine.modules.broker.base import Broker
 from workflow_engine.modules.broker.message import ERROR_HEADER
 from workflow_engine.store.base import StoreError
-from workflow_engine.store.records import ExecutionRecord, Status
+from workflow_engine.store.records import ExecutionRecord, Status, StepRecord
 
 
 def _yaml(steps: str, *, trigger: str = "{broker: bus, topic: orders.created, max_in_flight: 8}",
@@ -40,8 +44,8 @@ def _bus(engine: Engine) -> Broker:
     return broker
 
 
-# `durable: false` executions of a message run in its handler's task (inline); durable ones in their own.
-DURABILITY = pytest.mark.parametrize("durable", ["true", "false"], ids=["durable", "durable: false (inline)"])
+# Executions of a message run in its handler's task (inline), durable or not.
+DURABILITY = pytest.mark.parametrize("durable", ["true", "false"], ids=["durable", "durable: false"])
 
 
 async def _store_count(engine: Engine, status: str | None = None) -> int:
@@ -222,8 +226,8 @@ async def test_a_message_whose_end_cannot_be_written_is_not_acked(monkeypatch: p
 async def test_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing(
         durable: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each execution waits in its message's handler until a slot frees (no queued execution); the handlers
-    hold their messages meanwhile, so max_in_flight still bounds what is taken. `durable: false` runs in the
-    handler's task; a durable one is written `running` once it has its slot: never a `queued` row, never the
+    hold their messages meanwhile, so max_in_flight still bounds what is taken. A durable one is written
+    `running` with its first checkpoint (the sleep's), once it has its slot: never a `queued` row, never the
     update that marks a queued one running."""
     trigger = "{broker: bus, topic: orders.created, max_in_flight: 4}"
     workflow = f"durable: {durable}\nconcurrency: 1\nqueue_size: 10"
@@ -252,3 +256,106 @@ async def test_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing(
                                         direction="in", status="acked") == 6, "all six ran, one at a time")
         assert executions(metrics, "consume", "success") == 6
         assert updates == []
+
+
+class _Writes:
+    """The store calls that write an execution's row, recorded as (call, status or None, step keys)."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str | None, list[str]]] = []
+        store = engine.store
+        create, finish, update = store.create_execution, store.finish_execution, store.update_execution
+
+        async def counted_create(record: ExecutionRecord, *, steps: Sequence[StepRecord] = ()) -> Any:
+            self.calls.append(("create", str(record.status), [s.step_key for s in steps]))
+            return await create(record, steps=steps)
+
+        async def counted_finish(execution_id: str, status: Status, *args: Any,
+                                 steps: Sequence[StepRecord] = ()) -> None:
+            self.calls.append(("finish", str(status), [s.step_key for s in steps]))
+            await finish(execution_id, status, *args, steps=steps)
+
+        async def counted_update(execution_id: str, **fields: Any) -> None:
+            self.calls.append(("update", None, []))
+            await update(execution_id, **fields)
+
+        monkeypatch.setattr(store, "create_execution", counted_create)
+        monkeypatch.setattr(store, "finish_execution", counted_finish)
+        monkeypatch.setattr(store, "update_execution", counted_update)
+
+
+@pytest.mark.parametrize(("steps", "writes"), [
+    ("- id: done\n  set: {n: '{{ input.body.n }}'}", [("create", "success", ["done"])]),
+    ("- id: nap\n  sleep: 20ms\n- id: done\n  set: {n: '{{ input.body.n }}'}",
+     [("create", "running", ["nap"]), ("finish", "success", ["done"])]),
+], ids=["replayable steps only: one write, at the end", "its first checkpoint inserts the row"])
+async def test_a_durable_first_delivery_is_written_by_its_first_write(
+        steps: str, writes: list[tuple[str, str, list[str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No row before it runs (the broker keeps the message until its end is recorded): the first write inserts
+    the row with the checkpoints so far, so a workflow of replayable steps commits once per message."""
+    async with running_engine(_yaml(steps, workflow="durable: true")) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        recorded = _Writes(engine, monkeypatch)
+        sent = await bus.publish("orders.created", {"n": 5})
+        await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                        direction="in", status="acked") == 1, "acked")
+        assert recorded.calls == writes
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert (record.status, record.output, record.idempotency_key) == ("success", {"n": 5}, f"bus:{sent}")
+        assert (record.durable, record.owner, record.lease_expires_at, record.input["body"]) == (True, None, None,
+                                                                                                 {"n": 5})
+        keys = [key for _, _, written in writes for key in written]
+        assert [s.step_key for s in await engine.store.load_steps(record.id)] == list(dict.fromkeys(keys))
+
+
+async def test_a_durable_first_delivery_whose_key_is_taken_stops_at_its_first_write() -> None:
+    """The same message id again (count 1) after this process forgot it: its execution runs to its first
+    write, finds the key taken, writes nothing and stops, cancelled, without its `on_error` steps; the message
+    goes the redelivery way (the failed execution with the key is retried, and acks it). One row."""
+    steps = "- id: nap\n  sleep: 10ms\n- id: done\n  set: {attempt: '{{ execution.attempt }}'}"
+    workflow = "durable: true\non_error:\n  - id: cleanup\n    set: {cleaned: true}"
+    async with running_engine(_yaml(steps, workflow=workflow)) as engine:
+        bus, metrics = _bus(engine), engine.metrics
+        now = time.time()
+        await engine.store.create_execution(ExecutionRecord(
+            id="earlier", workflow="consume", trigger="message", input={"body": {"n": 9}}, status=Status.ERROR,
+            error={"code": "step_failed", "message": "boom"}, attempt=1, created_at=now, updated_at=now,
+            finished_at=now, idempotency_key="bus:m-1"))
+        with structlog.testing.capture_logs() as logs:
+            await bus.publish("orders.created", {"n": 1}, message_id="m-1")
+            await wait_until(lambda: sample(metrics, "broker_messages_total", broker="bus", topic="orders.created",
+                                            direction="in", status="acked") == 1, "acked")
+        (record,) = (await engine.store.list_executions(workflow="consume", limit=10)).items
+        assert (record.id, record.status, record.attempt, record.output) == ("earlier", "success", 2, {"attempt": 2})
+        (duplicate,) = [e for e in engine.runtime.recent.values() if e.id != "earlier"]
+        assert (duplicate.status, "cleanup" in duplicate.steps) == ("cancelled", False)
+        assert executions(metrics, "consume", "error") == 0
+        assert not [e for e in logs if e["event"] == "execution failed"]
+        assert any(e["event"] == "execution end not recorded: another execution has its idempotency key"
+                   for e in logs)
+        assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                      status="nacked") == 0
+
+
+async def test_a_durable_first_delivery_stopped_before_its_first_write_leaves_its_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown interrupts it while its first step runs: nothing was written, nothing to release, no error;
+    the message is not acked (the broker delivers it again; the consumer gives up waiting for it to be settled
+    after CONSUMER_SETTLE_TIMEOUT)."""
+    source = tmp_path / "slow.py"
+    write_source(source, "async def execute(ctx, input):\n    await ctx.sleep(30)\n    return {}\n")
+    yaml_text = _yaml("- id: slow\n  call: slow", workflow="durable: true").replace(
+        "modules:\n", f"modules:\n  - name: slow\n    type: dynamic.component\n    config: {{source: '{source}'}}\n"
+    ).replace("shutdown_grace: 2s", "shutdown_grace: 100ms")
+    with structlog.testing.capture_logs() as logs:
+        async with running_engine(yaml_text) as engine:
+            bus, metrics = _bus(engine), engine.metrics
+            await engine.supervisors["slow"].ready.wait()
+            recorded = _Writes(engine, monkeypatch)
+            await bus.publish("orders.created", {"n": 1})
+            await wait_until(lambda: len(engine.runtime.live) == 1, "running")
+            assert await _store_count(engine) == 0
+    assert recorded.calls == []
+    assert sample(metrics, "broker_messages_total", broker="bus", topic="orders.created", direction="in",
+                  status="acked") == 0
+    assert not [e for e in logs if e.get("log_level") == "error"]

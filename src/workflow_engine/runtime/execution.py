@@ -55,6 +55,7 @@ class Execution:
         "steps",
         "task",
         "trigger",
+        "unrecorded",
         "unsaved",
         "workflow",
     )
@@ -90,6 +91,9 @@ class Execution:
         # The caller presumes no execution has the key yet (a message's first delivery): a `durable: false`
         # execution is then recorded only at its end, its row carrying the key (see Recorder).
         self.key_presumed_new = False
+        # A durable execution with a presumed-new key has no row until its first write, which inserts it with
+        # the checkpoints so far (or whole, at its end): one commit fewer per message (see Recorder).
+        self.unrecorded = False
         # Why recording its end failed (None: recorded, or not finished yet); a message is then not acked.
         self.end_error: BaseException | None = None
         # An end recorded only at the end (`key_presumed_new`): resolved once its row is committed. The execution

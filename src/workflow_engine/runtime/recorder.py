@@ -4,6 +4,12 @@ Workflows with `durable: false` keep only a summary row, written by a background
 keyed `durable: false` execution whose key is presumed new (`Execution.key_presumed_new`: a message's first
 delivery) is not written before it runs either: its summary row carries the key and the input, and its
 `end_written` future resolves once the writer has committed it (a taken key: `KeyTakenError`).
+
+A durable execution whose key is presumed new (`Execution.unrecorded`) is not written before it runs: the
+broker keeps its message until its end is recorded, so a crash before its first write loses nothing (the
+message is delivered again and runs anew, as it would from a row with no checkpoints). Its first write inserts
+the row with the checkpoints so far: a step's checkpoint (the row `running`), parking, or its end (the row
+whole, in one commit instead of two). A taken key then writes nothing and raises `KeyTakenError`.
 """
 
 from __future__ import annotations
@@ -59,16 +65,20 @@ class Recorder:
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
         self._unwritten: dict[str, Any] = {}
 
-    def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
-        now = time.time()
+    def _record(self, execution: Execution, status: Status, durable: bool,
+                finished_at: float | None = None) -> ExecutionRecord:
+        """The row of `execution` in `status`; `finished_at`: its end (output, error, no lease)."""
+        now = time.time() if finished_at is None else finished_at
         return ExecutionRecord(
             id=execution.id, workflow=execution.workflow, trigger=execution.trigger,
             input=recorded_input(execution.input),
             status=status, config_version=execution.config_version, attempt=execution.attempt,
             created_at=execution.created_at, started_at=execution.started_at, updated_at=now,
             owner=self.owner if status not in (Status.SUCCESS, Status.ERROR, Status.CANCELLED) else None,
-            lease_expires_at=now + self.lease, idempotency_key=execution.idempotency_key,
-            parent_id=execution.parent_id, durable=durable,
+            lease_expires_at=now + self.lease if finished_at is None else None,
+            idempotency_key=execution.idempotency_key, parent_id=execution.parent_id, durable=durable,
+            **({} if finished_at is None else {"output": execution.output, "error": _recorded_error(execution),
+                                               "finished_at": finished_at}),
         )
 
     async def create(self, execution: Execution, *, running: bool, durable: bool) -> ExecutionRecord | None:
@@ -78,13 +88,16 @@ class Recorder:
             return None  # its summary row is written when it finishes
         if running:
             execution.started_at = execution.created_at
+            if execution.key_presumed_new and execution.idempotency_key is not None:
+                execution.unrecorded = True  # its first write inserts the row
+                return None
         record, created = await self.store.create_execution(
             self._record(execution, Status.RUNNING if running else Status.QUEUED, durable))
         return None if created else record
 
     async def started(self, execution: Execution, durable: bool) -> None:
         """A queued (or recovered) execution begins to run here."""
-        if durable:
+        if durable and not execution.unrecorded:
             await self.store.update_execution(
                 execution.id, status=Status.RUNNING, started_at=execution.started_at, owner=self.owner,
                 lease_expires_at=time.time() + self.lease)
@@ -102,7 +115,10 @@ class Recorder:
         else:
             unsaved = _take_unsaved(execution)
             try:
-                if unsaved:
+                if execution.unrecorded:
+                    await self._first_write(execution, self._record(execution, Status.RUNNING, True),
+                                            [*unsaved, record])
+                elif unsaved:
                     await self.store.save_steps([*unsaved, record])
                 else:
                     await self.store.save_step(record)
@@ -122,9 +138,13 @@ class Recorder:
             # `durable: false` execution has no `respond` checkpoint to give it, so its answer is recorded.
             answer = [] if durable else self._answer(execution, finished_at)
             try:
-                await self.store.finish_execution(execution.id, execution.status, execution.output,
-                                                  _recorded_error(execution), finished_at,
-                                                  steps=[*unsaved, *answer])
+                if not execution.unrecorded:
+                    await self.store.finish_execution(execution.id, execution.status, execution.output,
+                                                      _recorded_error(execution), finished_at,
+                                                      steps=[*unsaved, *answer])
+                elif not isinstance(execution.end_error, KeyTakenError):  # else another execution has its key
+                    await self._first_write(execution, self._record(execution, execution.status, durable,
+                                                                    finished_at), unsaved)
             except BaseException:
                 execution.unsaved[:0] = unsaved
                 raise
@@ -169,6 +189,14 @@ class Recorder:
         self._queued.set()
         self._hurry.set()
 
+    async def _first_write(self, execution: Execution, record: ExecutionRecord, steps: list[StepRecord]) -> None:
+        """Insert the row of an `unrecorded` execution with its checkpoints so far."""
+        found, created = await self.store.create_execution(record, steps=steps)
+        if not created:
+            raise KeyTakenError(f"execution {execution.id} not recorded: execution {found.id} has its "
+                                "idempotency key")
+        execution.unrecorded = False
+
     @staticmethod
     def _answer(execution: Execution, at: float) -> list[StepRecord]:
         response = execution.response
@@ -182,6 +210,9 @@ class Recorder:
         """The execution waits (sleep, wait_for) holding nothing here."""
         unsaved = _take_unsaved(execution)
         try:
+            if execution.unrecorded:
+                await self._first_write(execution, self._record(execution, Status.RUNNING, True), unsaved)
+                unsaved = []
             await self.store.park(execution.id, wake_at, topic, state, steps=unsaved)
         except BaseException:
             execution.unsaved[:0] = unsaved
@@ -189,7 +220,10 @@ class Recorder:
         execution.status = ExecutionStatus.PARKED
 
     async def release(self, execution: Execution) -> None:
-        """This replica stops before finishing `execution`: let any replica take it at once."""
+        """This replica stops before finishing `execution`: let any replica take it at once (one with no row
+        yet is its message's again, delivered anew)."""
+        if execution.unrecorded:
+            return
         await self.store.update_execution(execution.id, owner=None, lease_expires_at=time.time())
 
     async def claim_for_retry(self, record: ExecutionRecord) -> bool:

@@ -116,10 +116,14 @@ class Runtime:
         start at once runs in the caller's task and has finished when this returns; no task of its own, no
         wake-up. Only for `durable: false` workflows whose answer is known at their end (`inline_ok`): with a
         `respond` step before other steps, the caller must get its answer before the rest runs. With `wait`
-        too (a message handler), any execution waits for a free slot, not a queue place.
+        too (a message handler), any execution waits for a free slot, not a queue place, and runs in the
+        caller's task, durable ones too: nobody waits for an answer but the handler, whose task is cancelled
+        only when the engine stops consuming; an interrupted durable execution then stays in the store as it
+        would in a task of its own (or, with no row yet, its unacked message is delivered again).
         `key_presumed_new`: the caller has no reason to think the key was used (a message's first delivery): a
-        `durable: false` execution is then written only at its end, with the key; if another execution has the
-        key by then, its `end_error` is a `KeyTakenError` and the caller admits it again without this.
+        `durable: false` execution is then written only at its end, with the key, and a durable one with its
+        first write (`Execution.unrecorded`); if another execution has the key by then, its `end_error` is a
+        `KeyTakenError` and the caller admits it again without this.
         """
         gate = self._gate(workflow)  # unknown names are refused before they become metric series
         if not counted:
@@ -129,9 +133,9 @@ class Runtime:
         if wait:
             if inline:
                 # The caller holds its work until the end anyway (a message): wait for a slot rather than
-                # queue. A `durable: false` execution then runs in the caller's task (a queued one would need a
-                # task of its own and a wake-up); a durable one is written `running` at once, not `queued`
-                # and then `running` when a slot frees (one store write fewer).
+                # queue. The execution then runs in the caller's task (a queued one would need a task of its
+                # own and a wake-up); a durable one is written `running`, not `queued` and then `running` when
+                # a slot frees (one store write fewer).
                 await gate.wait_for_slot()
             else:
                 await gate.wait_for_room()
@@ -168,7 +172,7 @@ class Runtime:
         run_now = gate.commit(execution)
         if predicted and not run_now:
             execution.started_at = None  # it waits after all: it is marked running when it starts
-        if inline and run_now and execution.program.inline_ok:
+        if inline and run_now and (wait or execution.program.inline_ok):
             await self._run_inline(execution)
         else:
             self._enter(execution, run_now)
@@ -286,8 +290,8 @@ class Runtime:
                 execution.settle(status, exc=ExecutionCancelledError(f"execution {execution.id} was cancelled"))
             raise
         except Exception as exc:
-            status = ExecutionStatus.ERROR
-            await self._failed(workflow, ctx, scope, exc)
+            status = ExecutionStatus.ERROR  # also when its on_error steps are interrupted
+            status = await self._failed(workflow, ctx, scope, exc)
         finally:
             await self._ended(execution, status, time.perf_counter() - started, durable)
         if status is not None:
@@ -320,8 +324,17 @@ class Runtime:
             raise timed_out from exc
 
     async def _failed(self, workflow: CompiledWorkflow, ctx: StepContext, scope: dict[str, Any],
-                      exc: Exception) -> None:
+                      exc: Exception) -> ExecutionStatus:
+        """Settle an execution whose steps raised `exc`, after its `on_error` steps; returns its status."""
         execution = ctx.execution
+        if isinstance(exc, KeyTakenError) and execution.unrecorded:
+            # Its first write found its key taken: another execution has its message. It stops here, unrecorded
+            # and cancelled (not failed: no `on_error`, no error counted); its caller settles the message by
+            # the other one.
+            ctx.log.warning("execution end not recorded: another execution has its idempotency key")
+            execution.end_error = exc
+            execution.settle(ExecutionStatus.CANCELLED, exc=exc)
+            return ExecutionStatus.CANCELLED
         details = error_dict(exc)
         ctx.log.error("execution failed", step=details.get("step"), error_code=details["code"],
                       error={"type": type(exc).__name__, "message": details["message"]})
@@ -334,6 +347,7 @@ class Runtime:
             except Exception as handler_exc:  # the original error stays the execution's error
                 ctx.log.error("on_error steps failed", error=handler_exc)
         execution.settle(ExecutionStatus.ERROR, exc=exc)
+        return ExecutionStatus.ERROR
 
     async def _ended(self, execution: Execution, status: ExecutionStatus | None, seconds: float,
                      durable: bool) -> None:
@@ -349,6 +363,10 @@ class Runtime:
             elif execution.status is not ExecutionStatus.PARKED:
                 await self.recorder.release(execution)
                 _interrupted(execution)
+        except KeyTakenError as exc:  # an execution first written at its end: a duplicate delivery's, not run
+            execution.end_error = exc
+            log.warning("execution end not recorded: another execution has its idempotency key",
+                        execution_id=execution.id, workflow_type=execution.workflow)
         except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
             execution.end_error = exc
             log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,

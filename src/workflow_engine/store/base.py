@@ -51,8 +51,10 @@ class Store(ABC):
     # -- executions -----------------------------------------------------------------------------------------
 
     @abstractmethod
-    async def create_execution(self, record: ExecutionRecord) -> tuple[ExecutionRecord, bool]:
-        """Insert `record`; with an idempotency key already used for its workflow, return that one and False."""
+    async def create_execution(self, record: ExecutionRecord, *,
+                               steps: Sequence[StepRecord] = ()) -> tuple[ExecutionRecord, bool]:
+        """Insert `record`, and its checkpoints `steps` in the same transaction; with an idempotency key already
+        used for its workflow, return that one and False (and write none of `steps`)."""
 
     @abstractmethod
     async def create_executions(self, records: Sequence[ExecutionRecord]) -> None:

@@ -180,35 +180,58 @@ class SqlStore(Store):
 
     # -- executions -----------------------------------------------------------------------------------------
 
-    async def create_execution(self, record: ExecutionRecord) -> tuple[ExecutionRecord, bool]:
+    async def create_execution(self, record: ExecutionRecord, *,
+                               steps: Sequence[StepRecord] = ()) -> tuple[ExecutionRecord, bool]:
         """Insert `record` (zero `created_at`/`updated_at` are set from the clock); with an idempotency key
-        already used for its workflow, return the existing execution and False."""
+        already used for its workflow, return the existing execution and False. `steps`: its checkpoints,
+        in the same transaction (an execution first written after some of its steps ran); with a taken key
+        none of them is written."""
         if not record.created_at or not record.updated_at:
             created = record.created_at or self._clock()
             record = replace(record, created_at=created, updated_at=record.updated_at or created)
         params = dict(vars(record))
         if record.idempotency_key is None:
             try:
-                await self._write("create_execution", self._q.insert_execution, params)
+                if steps:
+                    await self._write_all([("create_execution", self._q.insert_execution, params),
+                                           *self._step_writes(steps)])
+                else:
+                    await self._write("create_execution", self._q.insert_execution, params)
             except StoreError as exc:
                 # Run again after the writer process failed: the row it finds may be its own, committed then.
                 if not exc.retried or not await self._is_own_row(record):
                     raise
             return record, True
+        if steps:
+            try:
+                await self._write_all([("create_execution", self._q.insert_execution_idempotent, params),
+                                       *self._step_writes(steps)])
+            except StoreError:
+                # With the key taken the insert did nothing and the checkpoints, naming an execution that is
+                # not there, were refused with it: find the execution that has the key, as below.
+                found = await self._by_key(record)
+                if found is None or found.id == record.id:
+                    raise
+                return found, False
+            return record, True
         if (await self._write("create_execution", self._q.insert_execution_idempotent, params)).rows:
             return record, True
         # The conflicting row is committed (ON CONFLICT waits for a concurrent inserter to finish): read it.
-        key = {"workflow": record.workflow, "idempotency_key": record.idempotency_key}
-        existing = (await self._execute("create_execution", self._q.get_by_idempotency_key, key)).rows
-        if not existing:
+        found = await self._by_key(record)
+        if found is None:
             raise StoreError(
                 f"store create_execution: idempotency key '{record.idempotency_key}' of workflow "
                 f"'{record.workflow}' conflicted but its execution is gone"
             )
-        found = _execution(existing[0])
         if found.id == record.id:  # this very insert, committed by a writer process that failed after it
             return record, True
         return found, False
+
+    async def _by_key(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        """The execution of `record`'s workflow that has `record`'s idempotency key, if one has."""
+        key = {"workflow": record.workflow, "idempotency_key": record.idempotency_key}
+        existing = (await self._execute("create_execution", self._q.get_by_idempotency_key, key)).rows
+        return _execution(existing[0]) if existing else None
 
     async def _is_own_row(self, record: ExecutionRecord) -> bool:
         """Whether the row with `record`'s id is `record`'s own insert (same workflow and creation time)."""

@@ -3,8 +3,9 @@
 Per message (see the contract in modules/broker/base.py and docs/BROKERS.md):
 1. admit with idempotency key `<broker module>:<message id>`, waiting for room (back-pressure: while the
    workflow's slots and queue are full no more admissions happen, so no more than `max_in_flight` messages are
-   unsettled and the broker stops delivering). Admission writes the execution to the store before it runs; a
-   `durable: false` execution that may start at once runs in the handler's own task (`admit(inline=True)`).
+   unsettled and the broker stops delivering). The execution runs in the handler's own task
+   (`admit(inline=True)`). A first delivery's execution is written with its first write (a durable one's
+   first checkpoint, or its end; a `durable: false` one's end); a redelivery's before it runs.
 2. A redelivered message finds the execution its first delivery started: finished with success -> ack only;
    failed -> run it again from its failed step (`Runtime.retry`); still running (here or on a replica that
    died; its lease lets one resume it) -> wait for it.
@@ -102,8 +103,9 @@ class _Handler:
     async def handle(self, message: Message) -> None:
         """Supervision boundary: whatever happens, the message is settled or left for redelivery, and logged."""
         try:
-            # A first delivery presumes no execution has its message id yet (`durable: false`: its row is then
-            # written once, at the end); its end finds out if one had, and the message goes the redelivery way.
+            # A first delivery presumes no execution has its message id yet (its row is then written with its
+            # first write: at the end, or a durable one's first checkpoint); that write finds out if one had, and
+            # the message goes the redelivery way.
             execution = await self._execution(message, presumed_new=message.delivery_count <= 1)
             done = await self._outcome(message, execution)
             failed = await self.runtime.end_recorded(done)
@@ -128,7 +130,7 @@ class _Handler:
 
     async def _execution(self, message: Message, *, presumed_new: bool) -> Execution:
         key = f"{self.broker.name}:{message.id}"
-        # The handler waits for the outcome anyway: a `durable: false` execution may run in this task.
+        # The handler waits for the outcome anyway: the execution runs in this task once it has a slot.
         execution = await self.runtime.admit(self.workflow, message.to_input(), trigger="message",
                                              idempotency_key=key, wait=True, inline=True,
                                              key_presumed_new=presumed_new)
