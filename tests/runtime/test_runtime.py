@@ -85,6 +85,45 @@ async def test_active_workflows_rises_while_running_and_returns_to_zero() -> Non
         assert sample(engine.metrics, "workflow_duration_seconds_count", workflow_type="w") == 1
 
 
+async def test_a_finished_execution_frees_its_slot_before_its_end_is_committed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrency 1: the next execution runs while the first one's end write waits (its steps are done);
+    the first is answered, counted and forgotten only once its end is in the store (live until then, so a
+    drain waits for it)."""
+    async with running_engine(app_yaml("""
+        w:
+          concurrency: 1
+          queue_size: 5
+          steps:
+            - sleep: 10ms
+            - set: {n: "{{ input.n }}"}
+    """)) as engine:
+        store, runtime = engine.store, engine.runtime
+        real_finish, release = store.finish_execution, asyncio.Event()
+        held: list[str] = []
+
+        async def held_finish(execution_id: str, *args: object, **kwargs: object) -> None:
+            if not held:
+                held.append(execution_id)
+                await release.wait()
+            await real_finish(execution_id, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "finish_execution", held_finish)
+        first = await runtime.admit("w", {"n": 1}, trigger="manual")
+        second = await runtime.admit("w", {"n": 2}, trigger="manual")
+        await wait_until(lambda: held == [first.id], "the first end write waits")
+        await wait_done(second)
+        assert (second.status, second.output) == (ExecutionStatus.SUCCESS, {"n": 2})
+        assert not first.done.done()
+        assert runtime.live == {first.id: first}
+        assert executions(engine.metrics, "w", "success") == 1
+        assert gauge(engine, "active_workflows", "w") == 0
+        release.set()
+        await wait_done(first)
+        assert (await store.get_execution(first.id)).status == "success"  # type: ignore[union-attr]
+        assert executions(engine.metrics, "w", "success") == 2
+
+
 async def test_cancel_a_running_execution() -> None:
     async with running_engine(SLOW) as engine:
         execution = await running(await engine.runtime.admit("slow", {}, trigger="manual"))

@@ -351,12 +351,18 @@ class Runtime:
 
     async def _ended(self, execution: Execution, status: ExecutionStatus | None, seconds: float,
                      durable: bool) -> None:
-        """Record the end (persist, then tell the callers), update the meters, free the slot.
+        """Free the slot, record the end (persist, then tell the callers), update the meters.
 
+        An execution that finished frees its slot before its end is committed: its steps are done, and the
+        next one runs meanwhile (the commit, shared with the other executions that ended, is not held by
+        slots waiting for it; `durable: false` ends are queued for their writer the same way).
         `status` None: the execution left this replica unfinished (parked, or interrupted by shutdown) and
-        stays in the store for whoever takes it next.
+        stays in the store for whoever takes it next; its slot is freed once that is recorded.
         """
         meters = self.meters[execution.workflow]
+        if status is not None:
+            meters.active.dec()
+            self._release(execution, seconds)
         try:
             if status is not None:
                 await self.recorder.finished(execution, durable)
@@ -373,15 +379,15 @@ class Runtime:
                       error=exc)
         finally:
             # Counted, answered and forgotten together, once the store has it.
-            meters.active.dec()
             if status is not None:
                 meters.finished[status.value].inc()
                 meters.duration.observe(seconds)
                 execution.resolve()
                 self._forget(execution)
             else:
+                meters.active.dec()
                 self._drop(execution)
-            self._release(execution, seconds)
+                self._release(execution, seconds)
 
     def _release(self, execution: Execution, seconds: float | None) -> None:
         """Free the execution's slot; the next queued execution takes it. `seconds` None: it never ran."""
