@@ -180,6 +180,38 @@ async def test_a_durable_workflow_checkpoints_every_step(store_url: str, probe: 
     assert (record.status, record.output, record.owner) == (Status.SUCCESS, {"total": 3}, None)
 
 
+async def test_data_steps_run_as_plain_calls_keep_every_checkpoint(store_url: str, probe: Store) -> None:
+    """Data steps of a durable execution run without the per-step machinery (nothing observes them one by
+    one), and their checkpoints are still all there: skipped, nested under a loop's path, failed and
+    continued past (the error with its step), each with its own key and times."""
+    async with engine_on(store_url, app_yaml("""
+        data:
+          steps:
+            - id: skip
+              if: "{{ input.n > 5 }}"
+              set: {never: true}
+            - id: lines
+              foreach:
+                items: "{{ input['items'] }}"
+                do:
+                  - id: double
+                    set: {v: "{{ item * 2 }}"}
+            - id: bad
+              transform: "length(n)"
+              continue_on_error: true
+            - id: last
+              set: {n: "{{ input.n }}"}
+    """, engine=ENGINE)) as engine:
+        execution = await wait_done(await engine.runtime.admit("data", {"n": 1, "items": [1, 2]}, trigger="manual"))
+    assert (execution.status, execution.output) == (Status.SUCCESS, {"n": 1})
+    steps = {s.step_key: s for s in await probe.load_steps(execution.id)}
+    assert {key: (s.status, s.output) for key, s in steps.items() if key != "bad"} == {
+        "skip": ("skipped", None), "lines[0].double": ("success", {"v": 2}), "lines[1].double": ("success", {"v": 4}),
+        "lines": ("success", [{"v": 2}, {"v": 4}]), "last": ("success", {"n": 1})}
+    assert (steps["bad"].status, steps["bad"].error["step"]) == ("error", "bad")  # type: ignore[index]
+    assert all(0 < s.started_at <= s.finished_at for s in steps.values())
+
+
 async def test_summary_rows_of_executions_finished_just_before_stop_are_written(store_url: str,
                                                                                   probe: Store) -> None:
     # The writer lets rows gather (SUMMARY_LINGER) before it writes them; a stop in that moment must not lose

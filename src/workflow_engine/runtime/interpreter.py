@@ -18,34 +18,44 @@ async def run_nodes(nodes: Sequence[StepNode], ctx: StepContext, scope: Scope) -
     """Run `nodes` in order; the output of the last step that ran is the result."""
     output: Any = None
     direct = ctx.direct
+    durable = ctx.durable
     for node in nodes:
-        if not (direct and node.direct):
+        if not (direct and (node.direct_durable if durable else node.direct)):
             output = await run_node(node, ctx, scope)
             continue
         # `run_node` for a synchronous step of an execution nobody observes step by step (`ctx.direct`): no
-        # checkpoint, no `step.*` events, no retry or timeout, so no coroutine per step either.
+        # `step.*` events, no retry or timeout, so no coroutine per step either; a durable execution's
+        # checkpoint of it goes with its next write, as `run_node` would defer it.
+        key = scope.get(PATH_KEY, "") + node.id if durable else node.id
         if node.guard is not None and not truthy(node.guard.render(scope)):
             if node.record:
                 scope["steps"][node.id] = {"output": None, "status": "skipped"}
+            if durable:
+                ctx.services.runtime.recorder.defer_step(ctx.execution, key, "skipped", None, time.time())
             output = None
             continue
-        token = step_key.set(node.id)
+        token = step_key.set(key)
         started = time.perf_counter()
+        started_at = time.time() if durable else 0.0
         try:
             output = node.step.run_sync(ctx, scope)  # type: ignore[attr-defined]  # `direct`: a SyncStep
             if node.record:
                 scope["steps"][node.id] = {"output": output, "status": "success"}
+            if durable:
+                ctx.services.runtime.recorder.defer_step(ctx.execution, key, "success", output, started_at)
         except Exception as exc:
-            output = await _direct_failed(node, ctx, scope, exc, started)
+            output = await _direct_failed(node, ctx, scope, exc, started, key=key, started_at=started_at)
         finally:
             step_key.reset(token)
     return output
 
 
-async def _direct_failed(node: StepNode, ctx: StepContext, scope: Scope, exc: Exception, started: float) -> Any:
-    """A direct step failed: as `run_node` handles it (with nothing to checkpoint)."""
+async def _direct_failed(node: StepNode, ctx: StepContext, scope: Scope, exc: Exception, started: float, *,
+                         key: str, started_at: float) -> Any:
+    """A direct step failed: as `run_node` handles it."""
     error = _as_step_error(exc, node)
     await _step_failed(node, ctx, scope, error, started)
+    await _checkpoint(ctx, key, "error", None, error_dict(error), started_at=started_at)
     if not node.continue_on_error:
         raise error from exc
     return None

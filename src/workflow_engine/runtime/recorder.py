@@ -102,6 +102,13 @@ class Recorder:
                 execution.id, status=Status.RUNNING, started_at=execution.started_at, owner=self.owner,
                 lease_expires_at=time.time() + self.lease)
 
+    def defer_step(self, execution: Execution, key: str, status: str, output: Any, started_at: float) -> None:
+        """`step(..., defer=True)` of a replayable step that ran as a plain call: its checkpoint goes with the
+        execution's next write."""
+        record = StepRecord(execution.id, key, status, execution.attempt, output, None, started_at, time.time(), {})
+        execution.unsaved.append(record)
+        execution.checkpoints[key] = record
+
     async def step(self, execution: Execution, key: str, status: str, output: Any, error: dict[str, Any] | None,
                    *, started_at: float, extra: dict[str, Any] | None = None, defer: bool = False) -> StepRecord:
         """Checkpoint one step result (the caller decides whether the workflow is durable). `defer`: a

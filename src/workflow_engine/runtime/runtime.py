@@ -259,7 +259,7 @@ class Runtime:
         bind_log_context(execution_id=execution.id, workflow_type=execution.workflow)
         logger = self._log
         bus = self.services.bus
-        ctx = StepContext(execution, self.services, logger, durable, direct=not durable and not execution.checkpoints
+        ctx = StepContext(execution, self.services, logger, durable, direct=not execution.checkpoints
                           and not (execution.lifecycle_events
                                    and (bus.wants("step.started") or bus.wants("step.completed"))))
         scope: dict[str, Any] = {

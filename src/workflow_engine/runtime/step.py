@@ -55,8 +55,9 @@ class StepContext:
     services: Services
     log: structlog.typing.FilteringBoundLogger
     durable: bool = False
-    # Nothing observes single steps of this execution (no checkpoints, no `step.*` subscribers): the interpreter
-    # may run `direct` nodes without the per-step machinery.
+    # Nothing observes single steps of this execution (no checkpoints to resume from, no `step.*` subscribers):
+    # the interpreter may run `direct` nodes (a durable one: `direct_durable` nodes) without the per-step
+    # machinery.
     direct: bool = False
 
 
@@ -107,9 +108,13 @@ class StepNode:
     record: bool = True
     # A synchronous step with no timeout or retry: it can run as a plain call (set from the above).
     direct: bool = field(init=False, default=False)
+    # A direct step whose checkpoint a durable execution writes with its next write (replayable; not `respond`,
+    # whose checkpoint carries the answer): a durable execution runs it as a plain call too.
+    direct_durable: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.direct = self.step.sync and self.timeout is None and self.retry is None
+        self.direct_durable = self.direct and self.step.replayable and self.kind != "respond"
 
 
 class StepBuilder:
