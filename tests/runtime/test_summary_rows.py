@@ -108,11 +108,11 @@ async def test_the_writer_stops_when_asked_even_if_a_write_swallowed_the_cancell
     writing = asyncio.Event()
     real = store.create_summaries
 
-    async def swallowing(rows: Sequence[Any]) -> None:  # as Python 3.11's wait_for can, finishing the write
-        writing.set()
+    async def swallowing(rows: Sequence[Any], steps: Sequence[Any] = ()) -> None:  # as Python 3.11's wait_for
+        writing.set()                                                                # can, finishing the write
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.2)
-        await real(rows)
+        await real(rows, steps)
 
     monkeypatch.setattr(store, "create_summaries", swallowing)
     try:

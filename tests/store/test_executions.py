@@ -242,6 +242,43 @@ async def test_summary_rows_with_a_taken_idempotency_key_are_skipped_and_named(
 
 
 
+@pytest.mark.parametrize("helper_process", [True, False], ids=["child process", "store thread"])
+async def test_durable_rows_written_whole_at_their_end_carry_their_checkpoints(
+        make_store: StoreFactory, helper_process: bool) -> None:
+    """A durable execution first written at its end (a message's first delivery) goes as a summary row with
+    its checkpoints: each inserted row's checkpoints in order, none of a row whose key is taken, none twice."""
+    store = await make_store()
+    if isinstance(store, SqlStore) and not helper_process:
+        store.writer_process = None
+
+    def durable_row(execution_id: str, key: str) -> object:
+        return store.summary_row(
+            execution_id, workflow="consume", trigger="message", status=Status.SUCCESS, config_version=None,
+            output={"n": 2}, error=None, attempt=1, created_at=1700000000.0, started_at=1700000000.0,
+            finished_at=1700000001.0, updated_at=1700000001.0, lease_expires_at=None, parent_id=None,
+            input={"body": {"n": 2}}, idempotency_key=key, durable=True)
+
+    def checkpoints(execution_id: str) -> list[object]:
+        return [store.step_row(StepRecord(execution_id, key, "success", output={"k": key}, started_at=1.0,
+                                          finished_at=2.0, extra={"x": 1} if key == "b" else {}))
+                for key in ("b", "a", "lines[0].c")]
+
+    assert await store.create_summaries([_keyed_summary(store, "first", "bus:m1")]) == set()
+    rows = [durable_row("taken", "bus:m1"), durable_row("d1", "bus:m2"), durable_row("d2", "bus:m3")]
+    assert await store.create_summaries(rows, [*checkpoints("taken"), *checkpoints("d1"), *checkpoints("d2")]) == {
+        "taken"}
+    for execution_id in ("d1", "d2"):
+        record = await store.get_execution(execution_id)
+        assert record is not None
+        assert (record.status, record.durable, record.owner, record.lease_expires_at, record.output) == (
+            Status.SUCCESS, True, None, None, {"n": 2})
+        steps = await store.load_steps(execution_id)
+        assert [(s.step_key, s.output, s.extra) for s in steps] == [
+            ("b", {"k": "b"}, {"x": 1}), ("a", {"k": "a"}, {}), ("lines[0].c", {"k": "lines[0].c"}, {})]
+    assert await store.load_steps("taken") == []
+    assert await store.get_execution("taken") is None
+
+
 async def test_summary_rows_sharing_a_key_in_one_batch_insert_one(make_store: StoreFactory) -> None:
     """Two deliveries of one message id ending in the same batch: one row, the other named as taken."""
     store = await make_store()

@@ -204,6 +204,41 @@ async def test_the_fallback_skips_rows_a_failed_child_committed_before_it_died(s
     assert b2.output == {"n": 2}
 
 
+async def test_the_fallback_skips_the_checkpoints_a_failed_child_committed_with_their_rows(
+        store: SqlStore, tmp_path: Path) -> None:
+    """Durable rows written whole at their end carry checkpoints: after a child committed one such row and
+    died, the store thread's run of the batch skips that row and its checkpoints and writes the others."""
+    writer = writer_of(store)
+
+    def row(execution_id: str) -> Any:
+        return store.summary_row(
+            execution_id, workflow="fast", trigger="message", status=Status.SUCCESS, config_version=None,
+            output={"id": execution_id}, error=None, attempt=1, created_at=1.0, started_at=1.0, finished_at=2.0,
+            updated_at=2.0, lease_expires_at=None, parent_id=None, input={}, idempotency_key=f"bus:{execution_id}",
+            durable=True)
+
+    def step(execution_id: str, key: str) -> Any:
+        return store.step_row(StepRecord(execution_id, key, "success", output=key, started_at=1.0, finished_at=2.0))
+
+    await store.create_summaries([row("a0")], [step("a0", "x")])
+    pid = writer.pid
+    assert pid is not None
+    # As if the child had committed b0 with its checkpoints, then died before it answered.
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("INSERT INTO executions SELECT 'b0', workflow, trigger, input, status, config_version, output, "
+                  "error, attempt, created_at, started_at, finished_at, updated_at, owner, lease_expires_at, "
+                  "'bus:b0', parent_id, wake_at, wait_topic, wait_state, durable FROM executions WHERE id = 'a0'")
+    other.execute("INSERT INTO steps SELECT 'b0', step_key, attempt, status, output, error, started_at, "
+                  "finished_at, extra FROM steps WHERE execution_id = 'a0'")
+    other.close()
+    os.kill(pid, signal.SIGKILL)
+    taken = await store.create_summaries([row("b0"), row("b1")], [step("b0", "x"), step("b1", "x"), step("b1", "y")])
+    assert taken == set()
+    assert await listed_ids(store) == ["a0", "b0", "b1"]
+    assert [(s.step_key, s.output) for s in await store.load_steps("b0")] == [("x", "x")]
+    assert [(s.step_key, s.output) for s in await store.load_steps("b1")] == [("x", "x"), ("y", "y")]
+
+
 async def test_without_a_failed_child_the_store_thread_still_refuses_duplicate_rows(tmp_path: Path) -> None:
     store = SqlStore(parse_store_url(f"sqlite:///{tmp_path / 's.db'}"), helper_process=False)
     await store.open()

@@ -205,11 +205,11 @@ async def test_a_message_whose_end_cannot_be_written_is_not_acked(monkeypatch: p
         real = engine.store.create_summaries
         failures = []
 
-        async def refuse_once(rows: list[object]) -> set[str]:
+        async def refuse_once(rows: list[object], steps: Sequence[object] = ()) -> set[str]:
             if not failures:
                 failures.append(rows)
                 raise StoreError("store create_summaries failed: disk I/O error")
-            return await real(rows)
+            return await real(rows, steps)
 
         monkeypatch.setattr(engine.store, "create_summaries", refuse_once)
         await bus.publish("orders.created", {"n": 3})
@@ -259,12 +259,20 @@ async def test_messages_wait_for_a_slot_in_their_handlers_instead_of_queueing(
 
 
 class _Writes:
-    """The store calls that write an execution's row, recorded as (call, status or None, step keys)."""
+    """The store calls that write an execution's row, recorded as (call, status or None, step keys): "summary"
+    is a row (and its checkpoints) through the summary writer."""
 
     def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, str | None, list[str]]] = []
         store = engine.store
         create, finish, update = store.create_execution, store.finish_execution, store.update_execution
+        summaries = store.create_summaries
+
+        async def counted_summaries(rows: Sequence[Any], steps: Sequence[Any] = ()) -> set[str]:
+            for row in rows:  # step_row tuples: (execution_id, step_key, ...)
+                record = store.summary_record(row)
+                self.calls.append(("summary", str(record.status), [s[1] for s in steps if s[0] == record.id]))
+            return await summaries(rows, steps)
 
         async def counted_create(record: ExecutionRecord, *, steps: Sequence[StepRecord] = ()) -> Any:
             self.calls.append(("create", str(record.status), [s.step_key for s in steps]))
@@ -282,17 +290,19 @@ class _Writes:
         monkeypatch.setattr(store, "create_execution", counted_create)
         monkeypatch.setattr(store, "finish_execution", counted_finish)
         monkeypatch.setattr(store, "update_execution", counted_update)
+        monkeypatch.setattr(store, "create_summaries", counted_summaries)
 
 
 @pytest.mark.parametrize(("steps", "writes"), [
-    ("- id: done\n  set: {n: '{{ input.body.n }}'}", [("create", "success", ["done"])]),
+    ("- id: done\n  set: {n: '{{ input.body.n }}'}", [("summary", "success", ["done"])]),
     ("- id: nap\n  sleep: 20ms\n- id: done\n  set: {n: '{{ input.body.n }}'}",
      [("create", "running", ["nap"]), ("finish", "success", ["done"])]),
 ], ids=["replayable steps only: one write, at the end", "its first checkpoint inserts the row"])
 async def test_a_durable_first_delivery_is_written_by_its_first_write(
         steps: str, writes: list[tuple[str, str, list[str]]], monkeypatch: pytest.MonkeyPatch) -> None:
     """No row before it runs (the broker keeps the message until its end is recorded): the first write inserts
-    the row with the checkpoints so far, so a workflow of replayable steps commits once per message."""
+    the row with the checkpoints so far, so a workflow of replayable steps commits once per message, its row
+    and checkpoints going through the summary writer (many messages' rows in one multi-row insert)."""
     async with running_engine(_yaml(steps, workflow="durable: true")) as engine:
         bus, metrics = _bus(engine), engine.metrics
         recorded = _Writes(engine, monkeypatch)

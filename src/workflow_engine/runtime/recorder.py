@@ -8,8 +8,9 @@ delivery) is not written before it runs either: its summary row carries the key 
 A durable execution whose key is presumed new (`Execution.unrecorded`) is not written before it runs: the
 broker keeps its message until its end is recorded, so a crash before its first write loses nothing (the
 message is delivered again and runs anew, as it would from a row with no checkpoints). Its first write inserts
-the row with the checkpoints so far: a step's checkpoint (the row `running`), parking, or its end (the row
-whole, in one commit instead of two). A taken key then writes nothing and raises `KeyTakenError`.
+the row with the checkpoints so far: a step's checkpoint (the row `running`, through the group commit),
+parking, or its end (the row whole with its checkpoints, through the summary writer as a `durable: false` end,
+`end_written` likewise). A taken key then writes nothing: `KeyTakenError`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ SUMMARY_LINGER = 0.05
 ANSWER_KEY = "$answer"
 
 
+# A summary writer's entry: (execution id, its `summary_row`, the future of a caller waiting for it or None,
+# its checkpoints as `step_row`s).
+_Entry = tuple[str, Any, "asyncio.Future[None] | None", list[Any]]
+
+
 class KeyTakenError(StoreError):
     """The end of an execution recorded only at its end was not written: another execution of its workflow has
     its idempotency key (a message delivered twice, both deliveries run)."""
@@ -54,10 +60,11 @@ class Recorder:
         self.owner = owner
         self.lease = lease
         self.config_version: int | None = None
-        # (execution id, the store's `summary_row`, the future of an end that waits for it or None) of finished
-        # `durable: false` executions, for the writer. A deque and two events rather than an asyncio.Queue: its
+        # (execution id, the store's `summary_row`, the future of an end that waits for it or None, its
+        # checkpoints as `step_row`s) of finished `durable: false` executions (and durable ones first written
+        # at their end), for the writer. A deque and two events rather than an asyncio.Queue: its
         # put_nowait is a Python call chain per row.
-        self._summaries: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
+        self._summaries: deque[_Entry] = deque()
         self._waited = 0  # queued rows whose execution waits for them: the writer does not let rows gather
         self._hurry = asyncio.Event()  # such a row came while the writer let rows gather: write now
         self._queued = asyncio.Event()  # rows are waiting for the writer
@@ -65,20 +72,16 @@ class Recorder:
         # Summary rows queued or being written, by execution id: the runtime may have let the execution go.
         self._unwritten: dict[str, Any] = {}
 
-    def _record(self, execution: Execution, status: Status, durable: bool,
-                finished_at: float | None = None) -> ExecutionRecord:
-        """The row of `execution` in `status`; `finished_at`: its end (output, error, no lease)."""
-        now = time.time() if finished_at is None else finished_at
+    def _record(self, execution: Execution, status: Status, durable: bool) -> ExecutionRecord:
+        now = time.time()
         return ExecutionRecord(
             id=execution.id, workflow=execution.workflow, trigger=execution.trigger,
             input=recorded_input(execution.input),
             status=status, config_version=execution.config_version, attempt=execution.attempt,
             created_at=execution.created_at, started_at=execution.started_at, updated_at=now,
             owner=self.owner if status not in (Status.SUCCESS, Status.ERROR, Status.CANCELLED) else None,
-            lease_expires_at=now + self.lease if finished_at is None else None,
-            idempotency_key=execution.idempotency_key, parent_id=execution.parent_id, durable=durable,
-            **({} if finished_at is None else {"output": execution.output, "error": _recorded_error(execution),
-                                               "finished_at": finished_at}),
+            lease_expires_at=now + self.lease, idempotency_key=execution.idempotency_key,
+            parent_id=execution.parent_id, durable=durable,
         )
 
     async def create(self, execution: Execution, *, running: bool, durable: bool) -> ExecutionRecord | None:
@@ -136,43 +139,59 @@ class Recorder:
         return record
 
     async def finished(self, execution: Execution, durable: bool) -> None:
-        """Record the end: at once for durable workflows, through the summary writer otherwise."""
+        """Record the end: at once for durable workflows, through the summary writer otherwise (and for a
+        durable execution with no row yet, whose end is its first write)."""
         finished_at = execution.finished_at or time.time()
         keyed = execution.idempotency_key is not None
+        if durable and execution.unrecorded:
+            if isinstance(execution.end_error, KeyTakenError):
+                return  # its first checkpoint found its key taken: nothing of it is written
+            # Its whole row and its checkpoints, as a summary row is written: one multi-row insert per batch
+            # (the group commit binds every statement of every write on the loop; this costs a fraction).
+            unsaved = _take_unsaved(execution)
+            try:
+                steps = [self.store.step_row(step) for step in unsaved]
+            except TypeError as exc:  # an output that is not JSON data: the end is not recorded
+                raise StoreError(f"execution {execution.id} not recorded: {exc}") from exc
+            await self._summary(execution, finished_at, keyed=keyed, durable=True, steps=steps)
+            return
         if durable or (keyed and not execution.key_presumed_new):
             unsaved = _take_unsaved(execution)
             # A repeated Idempotency-Key gets the first answer back, from any replica, after any restart: a
             # `durable: false` execution has no `respond` checkpoint to give it, so its answer is recorded.
             answer = [] if durable else self._answer(execution, finished_at)
             try:
-                if not execution.unrecorded:
-                    await self.store.finish_execution(execution.id, execution.status, execution.output,
-                                                      _recorded_error(execution), finished_at,
-                                                      steps=[*unsaved, *answer])
-                elif not isinstance(execution.end_error, KeyTakenError):  # else another execution has its key
-                    await self._first_write(execution, self._record(execution, execution.status, durable,
-                                                                    finished_at), unsaved)
+                await self.store.finish_execution(execution.id, execution.status, execution.output,
+                                                  _recorded_error(execution), finished_at,
+                                                  steps=[*unsaved, *answer])
             except BaseException:
                 execution.unsaved[:0] = unsaved
                 raise
             return
-        # A summary: what ran, when, and how it ended, as the store's own row (built now: the output is not
-        # held for the writer). Input (request headers and bodies) would make it the largest cost of a
-        # `durable: false` request; it is kept only by durable workflows and keyed rows (the next attempt of a
-        # failed message execution runs on it).
+        await self._summary(execution, finished_at, keyed=keyed, durable=False, steps=[])
+
+    async def _summary(self, execution: Execution, finished_at: float, *, keyed: bool, durable: bool,
+                       steps: list[Any]) -> None:
+        """Queue the end of `execution` for the summary writer. A summary: what ran, when, and how it ended, as
+        the store's own row (built now: the output is not held for the writer). Input (request headers and
+        bodies) would make it the largest cost of a `durable: false` request; it is kept only by durable
+        workflows and keyed rows (the next attempt of a failed message execution runs on it). A keyed
+        execution's caller waits for the row (`end_written`)."""
         now = time.time()
         try:
             row = self.store.summary_row(
                 execution.id, workflow=execution.workflow, trigger=execution.trigger, status=execution.status,
-                config_version=execution.config_version, output=execution.output, error=execution.error,
+                config_version=execution.config_version, output=execution.output,
+                error=_recorded_error(execution) if durable else execution.error,
                 attempt=execution.attempt, created_at=execution.created_at, started_at=execution.started_at,
-                finished_at=finished_at, updated_at=now, lease_expires_at=now + self.lease,
-                parent_id=execution.parent_id, input=recorded_input(execution.input) if keyed else None,
-                idempotency_key=execution.idempotency_key)
+                finished_at=finished_at, updated_at=finished_at if durable else now,
+                lease_expires_at=None if durable else now + self.lease, parent_id=execution.parent_id,
+                input=recorded_input(execution.input) if keyed or durable else None,
+                idempotency_key=execution.idempotency_key, durable=durable)
         except TypeError as exc:  # an output that is not JSON data (a component's set, say): only it is lost
             log.error("summary row not written", execution_id=execution.id, workflow_type=execution.workflow,
                       error=exc)
-            if keyed:
+            if keyed or durable:
                 raise StoreError(f"execution {execution.id} not recorded: {exc}") from exc
             return
         self._unwritten[execution.id] = row
@@ -184,14 +203,14 @@ class Recorder:
                 del self._unwritten[execution.id]
                 raise
         if not keyed:
-            self._summaries.append((execution.id, row, None))
+            self._summaries.append((execution.id, row, None, steps))
             self._queued.set()
             return
         # Its end is recorded once the row is committed: its caller waits for that (and acks a message then),
         # not the execution's own code path, which would be suspended and resumed through every frame.
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         execution.end_written = written
-        self._summaries.append((execution.id, row, written))
+        self._summaries.append((execution.id, row, written, steps))
         self._waited += 1
         self._queued.set()
         self._hurry.set()
@@ -299,7 +318,7 @@ class Recorder:
             finally:
                 self._fail_waiting(StoreError("the summary writer stopped before the execution's end was written"))
 
-    async def _write_summaries(self, batch: list[tuple[str, Any, asyncio.Future[None] | None]]) -> None:
+    async def _write_summaries(self, batch: list[_Entry]) -> None:
         """Write `batch` plus whatever else is queued, up to SUMMARY_BATCH rows per transaction: one commit
         for many rows is what keeps `durable: false` cheap under load."""
         queued = self._summaries
@@ -315,7 +334,7 @@ class Recorder:
             try:
                 await self._insert(batch)
             finally:
-                for execution_id, _, written in batch:
+                for execution_id, _, written, _ in batch:
                     self._unwritten.pop(execution_id, None)
                     if written is not None and not written.done():  # the batch was interrupted (stopping)
                         _fail(written, StoreError(f"execution {execution_id}: its end was not written"))
@@ -323,12 +342,13 @@ class Recorder:
                 return
             batch = []
 
-    async def _insert(self, batch: list[tuple[str, Any, asyncio.Future[None] | None]]) -> None:
+    async def _insert(self, batch: list[_Entry]) -> None:
         try:
-            taken = await self.store.create_summaries([row for _, row, _ in batch])
+            taken = await self.store.create_summaries([row for _, row, _, _ in batch],
+                                                      [step for *_, steps in batch for step in steps])
         except Exception as exc:  # supervision boundary: a summary row is best effort by the user's choice
             if len(batch) == 1:
-                execution_id, _, written = batch[0]
+                execution_id, _, written, _ = batch[0]
                 log.error("summary row not written", execution_id=execution_id, error=exc)
                 if written is not None and not written.done():
                     _fail(written, exc)
@@ -338,7 +358,7 @@ class Recorder:
             for entry in batch:
                 await self._insert([entry])
             return
-        for execution_id, _, written in batch:
+        for execution_id, _, written, _ in batch:
             if written is None or written.done():
                 continue
             if execution_id in taken:
@@ -349,7 +369,7 @@ class Recorder:
 
     def _fail_waiting(self, exc: BaseException) -> None:
         """Executions still waiting for rows that will not be written now are told so (never left waiting)."""
-        for _, _, written in self._summaries:
+        for _, _, written, _ in self._summaries:
             if written is not None and not written.done():
                 _fail(written, exc)
 

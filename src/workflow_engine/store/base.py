@@ -63,28 +63,37 @@ class Store(ABC):
     def summary_row(
         self, execution_id: str, *, workflow: str, trigger: str, status: Status, config_version: int | None,
         output: Any, error: dict[str, Any] | None, attempt: int, created_at: float, started_at: float | None,
-        finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
-        input: Any = None, idempotency_key: str | None = None,
+        finished_at: float, updated_at: float, lease_expires_at: float | None, parent_id: str | None,
+        input: Any = None, idempotency_key: str | None = None, durable: bool = False,
     ) -> Any:
         """The summary row of a finished `durable: false` execution, in the form `create_summaries` takes (a
         store may build its driver's row here, on the caller's side, and refuse an output that is not JSON
         data at once with TypeError). This default is the ExecutionRecord `create_executions` takes. `input`
-        and `idempotency_key`: a keyed execution recorded only at its end (a message's first delivery)."""
+        and `idempotency_key`: a keyed execution recorded only at its end (a message's first delivery);
+        `durable`: a durable one (its checkpoints go with it, `step_row`)."""
         return ExecutionRecord(
             id=execution_id, workflow=workflow, trigger=trigger, input=input, status=status,
             config_version=config_version, output=output, error=error, attempt=attempt, created_at=created_at,
             started_at=started_at, finished_at=finished_at, updated_at=updated_at,
-            lease_expires_at=lease_expires_at, idempotency_key=idempotency_key, parent_id=parent_id, durable=False,
+            lease_expires_at=lease_expires_at, idempotency_key=idempotency_key, parent_id=parent_id,
+            durable=durable,
         )
 
-    async def create_summaries(self, rows: Sequence[Any]) -> set[str]:
-        """Insert `summary_row` rows in one transaction. Returns the ids of keyed rows not inserted because
-        another execution of their workflow has their idempotency key (this default inserts those one by one)."""
+    def step_row(self, step: StepRecord) -> Any:
+        """A checkpoint in the form `create_summaries` takes with its execution's row (this default: itself)."""
+        return step
+
+    async def create_summaries(self, rows: Sequence[Any], steps: Sequence[Any] = ()) -> set[str]:
+        """Insert `summary_row` rows, and the `step_row` checkpoints `steps` of the rows inserted. Returns the
+        ids of keyed rows not inserted because another execution of their workflow has their idempotency key
+        (this default inserts those one by one, each with its checkpoints)."""
         plain = [row for row in rows if row.idempotency_key is None]
         await self.create_executions(plain)
+        await self.save_steps([step for step in steps if any(step.execution_id == row.id for row in plain)])
         taken: set[str] = set()
         for row in rows:
-            if row.idempotency_key is not None and not (await self.create_execution(row))[1]:
+            if row.idempotency_key is not None and not (await self.create_execution(
+                    row, steps=[step for step in steps if step.execution_id == row.id]))[1]:
                 taken.add(row.id)
         return taken
 

@@ -34,8 +34,15 @@ from workflow_engine.store.paging import decode_cursor, encode_cursor, list_stat
 from workflow_engine.store.records import ComponentSource, ExecutionRecord, Page, Status, StepRecord
 from workflow_engine.store.runner import Outcome, Runner, runner_for
 from workflow_engine.store.schema import EXECUTION_FIELDS, JsonText, executions
+from workflow_engine.store.schema import steps as steps_table
 from workflow_engine.store.statements import statements_for, update_statement
-from workflow_engine.store.writer_child import SKIP_TAKEN_KEYS, skipped_keyed_rows
+from workflow_engine.store.writer_child import (
+    SKIP_SAVED_STEPS,
+    SKIP_TAKEN_KEYS,
+    insert_steps,
+    insert_steps_sql,
+    skipped_keyed_rows,
+)
 from workflow_engine.store.writer_process import StoreRowsRefusedError, WriterGone, WriterProcess
 
 _UPDATABLE = EXECUTION_FIELDS - {"id"}
@@ -69,7 +76,7 @@ class SqlStore(Store):
         # SQLite files take summary rows and hot-path writes through a helper process (writer_process.py);
         # `:memory:` databases exist only on the store's own connection.
         database = target.sa_url.database if target.dialect == "sqlite" else None
-        self.writer_process = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS)
+        self.writer_process = (WriterProcess(os.path.abspath(database), _EXECUTION_COLUMNS, _STEP_COLUMNS)
                                if helper_process and database and database != ":memory:" else None)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -260,8 +267,8 @@ class SqlStore(Store):
     def summary_row(
         self, execution_id: str, *, workflow: str, trigger: str, status: Status, config_version: int | None,
         output: Any, error: dict[str, Any] | None, attempt: int, created_at: float, started_at: float | None,
-        finished_at: float, updated_at: float, lease_expires_at: float, parent_id: str | None,
-        input: Any = None, idempotency_key: str | None = None,
+        finished_at: float, updated_at: float, lease_expires_at: float | None, parent_id: str | None,
+        input: Any = None, idempotency_key: str | None = None, durable: bool = False,
     ) -> Any:
         """The driver's row itself (`_row`'s tuple, the values as both dialects' columns take them), built in
         one expression: an ExecutionRecord and `_row` cost ~3 us a row more, on the event loop."""
@@ -271,32 +278,46 @@ class SqlStore(Store):
                 None if output is None else orjson.dumps(output).decode(),
                 None if error is None else orjson.dumps(error).decode(),
                 attempt, created_at, started_at, finished_at, updated_at, None, lease_expires_at, idempotency_key,
-                parent_id, None, None, None, False)
+                parent_id, None, None, None, durable)
 
-    async def create_summaries(self, rows: Sequence[Any]) -> set[str]:
-        """Insert `summary_row` rows in one transaction (through the helper process on a SQLite file); returns
-        the ids of keyed rows not inserted because their idempotency key belongs to another execution."""
+    def step_row(self, step: StepRecord) -> Any:
+        """A checkpoint as the driver's row `create_summaries` takes with its execution's row (the steps
+        table's columns, in order)."""
+        return (step.execution_id, step.step_key, step.attempt, step.status,
+                None if step.output is None else orjson.dumps(step.output).decode(),
+                None if step.error is None else orjson.dumps(step.error).decode(),
+                step.started_at, step.finished_at, orjson.dumps(step.extra).decode())
+
+    async def create_summaries(self, rows: Sequence[Any], steps: Sequence[Any] = ()) -> set[str]:
+        """Insert `summary_row` rows, and the `step_row` checkpoints `steps` of the rows inserted, in one
+        transaction (through the helper process on a SQLite file); returns the ids of keyed rows not inserted
+        because their idempotency key belongs to another execution (none of their checkpoints is written)."""
         if not rows:
             return set()
         runner = self._open_runner("create_summaries")
         async with self._errors("create_summaries"):
             if self._sqlite:
-                return await self._insert_sqlite_rows(runner, list(rows), "create_summaries")
-            return await self._insert_postgres_rows(runner, rows)
+                return await self._insert_sqlite_rows(runner, list(rows), "create_summaries", list(steps))
+            return await self._insert_postgres_rows(runner, rows, steps)
 
-    async def _insert_postgres_rows(self, runner: Runner, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    async def _insert_postgres_rows(self, runner: Runner, rows: Sequence[tuple[Any, ...]],
+                                    steps: Sequence[tuple[Any, ...]]) -> set[str]:
         """PostgreSQL: every row in one statement on asyncpg, its columns bound as arrays and unnested, keyed
-        rows whose key is taken skipped; returns their ids (the keyed ids not in RETURNING)."""
+        rows whose key is taken skipped; returns their ids (the keyed ids not in RETURNING). The checkpoints of
+        the rows inserted follow in a second such statement, in order."""
         import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra: there when this store is
 
         columns = list(zip(*rows, strict=True))
         try:
             async with runner.driver_transaction() as connection:
-                inserted = await connection.fetch(_POSTGRES_SUMMARY_INSERT, *columns)
+                inserted = {record[0] for record in await connection.fetch(_POSTGRES_SUMMARY_INSERT, *columns)}
+                kept = [step for step in steps if step[0] in inserted]
+                if kept:
+                    await connection.execute(_POSTGRES_STEPS_INSERT, *zip(*kept, strict=True))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused or cut off: rolled back
             raise StoreError(f"store create_summaries failed ({self.url}): {type(exc).__name__}: {exc}") from exc
         keyed = {row[0] for row in rows if row[_KEY_COLUMN] is not None}
-        return keyed - {record[0] for record in inserted} if keyed else set()
+        return keyed - inserted if keyed else set()
 
     def summary_record(self, row: Any) -> ExecutionRecord:
         """The ExecutionRecord of a `summary_row` row."""
@@ -307,16 +328,18 @@ class SqlStore(Store):
         values["status"] = Status(values["status"])
         return ExecutionRecord(**values)
 
-    async def _insert_sqlite_rows(self, runner: Runner, rows: list[tuple[Any, ...]], operation: str) -> set[str]:
-        by_process = await self._insert_by_process(rows, operation)
+    async def _insert_sqlite_rows(self, runner: Runner, rows: list[tuple[Any, ...]], operation: str,
+                                  steps: list[tuple[Any, ...]] | None = None) -> set[str]:
+        by_process = await self._insert_by_process(rows, operation, steps or [])
         if isinstance(by_process, set):
             return by_process
         # After a child failed (by_process False) it may have committed the batch first: rows already
-        # there (same id) are skipped; any other constraint still fails the batch.
+        # there (same id) are skipped (their checkpoints too); any other constraint still fails the batch.
         retry = by_process is False
-        return await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry))
+        return await runner.transaction(lambda conn: _insert_sqlite(conn, rows, skip_existing=retry, steps=steps))
 
-    async def _insert_by_process(self, rows: list[tuple[Any, ...]], operation: str) -> set[str] | bool | None:
+    async def _insert_by_process(self, rows: list[tuple[Any, ...]], operation: str,
+                                 steps: list[tuple[Any, ...]]) -> set[str] | bool | None:
         """Commit summary rows through the writer process: once done, the ids of rows skipped because their
         idempotency key is taken; False when the process failed and the store must write them itself; None when
         there is no process."""
@@ -324,7 +347,7 @@ class SqlStore(Store):
         if writer is None:
             return None
         try:
-            return await writer.insert(rows)
+            return await writer.insert(rows, steps)
         except WriterGone as exc:
             self._writer_gone(writer, exc, len(rows))
             return False
@@ -543,6 +566,12 @@ _SUMMARY_ROW_ORDER = ("id", "workflow", "trigger", "input", "status", "config_ve
 if _EXECUTION_COLUMNS != _SUMMARY_ROW_ORDER:
     raise RuntimeError(f"SqlStore.summary_row writes {_SUMMARY_ROW_ORDER}, the table has {_EXECUTION_COLUMNS}")
 _KEY_COLUMN = _EXECUTION_COLUMNS.index("idempotency_key")
+_STEP_COLUMNS = tuple(column.name for column in steps_table.columns)
+# The order `SqlStore.step_row` writes its tuple in.
+if _STEP_COLUMNS != ("execution_id", "step_key", "attempt", "status", "output", "error", "started_at", "finished_at",
+                     "extra"):
+    raise RuntimeError(f"SqlStore.step_row does not write the steps table's columns {_STEP_COLUMNS}")
+_SQLITE_STEPS_INSERT = insert_steps_sql(_STEP_COLUMNS)
 
 
 def _postgres_array_type(column: sa.Column[Any]) -> str:
@@ -567,6 +596,17 @@ def _postgres_summary_insert() -> str:
 
 
 _POSTGRES_SUMMARY_INSERT = _postgres_summary_insert()
+
+
+def _postgres_steps_insert() -> str:
+    """Checkpoints written with their executions' rows on PostgreSQL: unnested in order (`seq` orders them)."""
+    names = ", ".join(f'"{column.name}"' for column in steps_table.columns)
+    arrays = ", ".join(f"${n}::{_postgres_array_type(column)}" for n, column in enumerate(steps_table.columns, 1))
+    return (f"INSERT INTO steps ({names}) SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS s({names}, n) "
+            f"ORDER BY n {SKIP_SAVED_STEPS}")
+
+
+_POSTGRES_STEPS_INSERT = _postgres_steps_insert()
 # Rows per multi-row INSERT on SQLite, largest first (a batch is cut into these, so few statements are ever
 # prepared); SQLite before 3.32 binds at most 999 values per statement.
 _SQLITE_CHUNKS = (256, 64, 16, 4, 1) if sqlite3.sqlite_version_info >= (3, 32, 0) else (32, 8, 2, 1)
@@ -580,7 +620,8 @@ def _insert_sqlite_sql(rows: int, skip_existing: bool) -> str:
             f"{SKIP_TAKEN_KEYS}{upsert}")
 
 
-def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_existing: bool = False) -> set[str]:
+def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_existing: bool = False,
+                   steps: list[tuple[Any, ...]] | None = None) -> set[str]:
     """Insert summary rows (`_row` tuples) on SQLite, on the store's thread: many rows per statement.
 
     The driver's `executemany` binds each row holding the GIL and steps it without: one GIL hand-off per row,
@@ -596,11 +637,13 @@ def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_exi
                                           tuple(itertools.chain.from_iterable(chunk)))
             inserted += result.rowcount
             start += size
-    if inserted == len(rows):
-        return set()
+    driver = conn.connection.driver_connection
     # Some rows were skipped: keys taken, or (`skip_existing`) ids already there (a batch the child committed
     # before it failed), which are there.
-    return skipped_keyed_rows(conn.connection.driver_connection, rows, _KEY_COLUMN)  # type: ignore[arg-type]
+    skipped = set() if inserted == len(rows) else skipped_keyed_rows(driver, rows, _KEY_COLUMN)  # type: ignore[arg-type]
+    if steps:
+        insert_steps(driver, _SQLITE_STEPS_INSERT, steps, skipped)  # type: ignore[arg-type]
+    return skipped
 
 
 def _row(record: ExecutionRecord) -> tuple[Any, ...]:

@@ -25,9 +25,28 @@ BUSY = "busy: "  # the prefix of a refusal for want of the write lock (the rows 
 SKIP_TAKEN_KEYS = "ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 
 
+# A checkpoint inserted with its execution's row is skipped if it is there already (the batch of a child that
+# failed after committing it, written again by the store's thread).
+SKIP_SAVED_STEPS = "ON CONFLICT (execution_id, step_key) DO NOTHING"
+
+
 def insert_sql(columns: Sequence[str]) -> str:
     """The INSERT statement of one summary row, its values in `columns` order."""
     return f"INSERT INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {SKIP_TAKEN_KEYS}"
+
+
+def insert_steps_sql(columns: Sequence[str]) -> str:
+    """The INSERT statement of one checkpoint written with its execution's row, its values in `columns` order."""
+    return f"INSERT INTO steps ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {SKIP_SAVED_STEPS}"
+
+
+def insert_steps(conn: sqlite3.Connection, statement: str, steps: Sequence[Sequence[Any]], skipped: set[str]) -> None:
+    """Insert the checkpoints of the rows just inserted, in order; those of `skipped` rows (a taken key) are
+    not written (they would name an execution that is not there)."""
+    if skipped:
+        steps = [step for step in steps if step[0] not in skipped]
+    if steps:
+        conn.executemany(statement, steps)
 
 
 def skipped_keyed_rows(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]], key_column: int) -> set[str]:
@@ -51,8 +70,9 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
         header = stdin.readline()
         if not header:
             return 0
-        columns = json.loads(header)
-        summaries = _Summaries(insert_sql(columns), columns.index("idempotency_key"))
+        columns = json.loads(header)  # {"executions": [...], "steps": [...]}: each table's columns, in row order
+        summaries = _Summaries(insert_sql(columns["executions"]), columns["executions"].index("idempotency_key"),
+                               insert_steps_sql(columns["steps"]))
         statements: dict[int, str] = {}
         for line in stdin:
             seq, kind, *payload = json.loads(line)
@@ -61,7 +81,7 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if kind == "rows":
-                    result = summaries.insert(conn, payload[0])
+                    result = summaries.insert(conn, payload[0], payload[1])
                 else:
                     statements.update((int(number), sql) for number, sql in payload[0].items())
                     result = run_writes(conn, statements, payload[1])
@@ -80,18 +100,21 @@ def serve(database: str, stdin: Any, stdout: Any) -> int:
 
 
 class _Summaries:
-    """Summary rows: one multi-row insert per batch; the ids of keyed rows skipped for a taken key."""
+    """Summary rows (and the checkpoints of the rows that have them): one multi-row insert per batch; the ids
+    of keyed rows skipped for a taken key."""
 
-    def __init__(self, statement: str, key_column: int) -> None:
+    def __init__(self, statement: str, key_column: int, steps_statement: str) -> None:
         self.statement = statement
         self.key_column = key_column
+        self.steps_statement = steps_statement
 
-    def insert(self, conn: sqlite3.Connection, rows: list[list[Any]]) -> list[str]:
+    def insert(self, conn: sqlite3.Connection, rows: list[list[Any]], steps: list[list[Any]]) -> list[str]:
         before = conn.total_changes
         conn.executemany(self.statement, rows)
-        if conn.total_changes - before < len(rows):
-            return sorted(skipped_keyed_rows(conn, rows, self.key_column))
-        return []
+        skipped = (skipped_keyed_rows(conn, rows, self.key_column) if conn.total_changes - before < len(rows)
+                   else set())
+        insert_steps(conn, self.steps_statement, steps, skipped)
+        return sorted(skipped)
 
 
 Write = list[list[Any]]  # one caller's statements, [statement number, parameters] each, all or none

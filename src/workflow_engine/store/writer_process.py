@@ -65,9 +65,10 @@ class WriterGone(Exception):
 class WriterProcess:
     """The parent's side: one child per SQLite file, one batch in flight at a time."""
 
-    def __init__(self, database: str, columns: Sequence[str]) -> None:
+    def __init__(self, database: str, columns: Sequence[str], step_columns: Sequence[str]) -> None:
         self.database = database
         self.columns = tuple(columns)
+        self.step_columns = tuple(step_columns)
         self._proc: asyncio.subprocess.Process | None = None
         self._seq = 0
         self._lock = asyncio.Lock()
@@ -78,11 +79,11 @@ class WriterProcess:
         self.disabled: str | None = None  # why no child is started any more
         self._known: set[int] = set()  # statement numbers the running child has the SQL of
 
-    async def insert(self, rows: Sequence[Sequence[Any]]) -> set[str]:
-        """Commit summary `rows` through the child; returns the ids of keyed rows skipped because their
-        idempotency key is taken. WriterGone when the child is not there to do it, StoreRowsRefusedError with
-        SQLite's message when it refused them."""
-        return set(await self._batch(lambda _: ["rows", rows]))
+    async def insert(self, rows: Sequence[Sequence[Any]], steps: Sequence[Sequence[Any]] = ()) -> set[str]:
+        """Commit summary `rows`, and the checkpoint rows `steps` of those inserted, through the child; returns
+        the ids of keyed rows skipped because their idempotency key is taken. WriterGone when the child is not
+        there to do it, StoreRowsRefusedError with SQLite's message when it refused them."""
+        return set(await self._batch(lambda _: ["rows", rows, steps]))
 
     async def execute(self, writes: Sequence[Sequence[tuple[int, str, Sequence[Any]]]]) -> list[list[Any] | str]:
         """Commit `writes` (each a list of (statement number, SQL, parameters) that commit together) in one
@@ -190,7 +191,7 @@ class WriterProcess:
         self._known = set()
         self.started += 1
         assert proc.stdin is not None
-        proc.stdin.write(orjson.dumps(list(self.columns)) + b"\n")
+        proc.stdin.write(orjson.dumps({"executions": self.columns, "steps": self.step_columns}) + b"\n")
         return proc
 
     async def _discard(self) -> int | None:
