@@ -143,19 +143,17 @@ class Recorder:
         durable execution with no row yet, whose end is its first write)."""
         finished_at = execution.finished_at or time.time()
         keyed = execution.idempotency_key is not None
+        steps: list[Any] = []
         if durable and execution.unrecorded:
             if isinstance(execution.end_error, KeyTakenError):
                 return  # its first checkpoint found its key taken: nothing of it is written
             # Its whole row and its checkpoints, as a summary row is written: one multi-row insert per batch
             # (the group commit binds every statement of every write on the loop; this costs a fraction).
-            unsaved = _take_unsaved(execution)
             try:
-                steps = [self.store.step_row(step) for step in unsaved]
+                steps = [self.store.step_row(step) for step in _take_unsaved(execution)]
             except TypeError as exc:  # an output that is not JSON data: the end is not recorded
                 raise StoreError(f"execution {execution.id} not recorded: {exc}") from exc
-            await self._summary(execution, finished_at, keyed=keyed, durable=True, steps=steps)
-            return
-        if durable or (keyed and not execution.key_presumed_new):
+        elif durable or (keyed and not execution.key_presumed_new):
             unsaved = _take_unsaved(execution)
             # A repeated Idempotency-Key gets the first answer back, from any replica, after any restart: a
             # `durable: false` execution has no `respond` checkpoint to give it, so its answer is recorded.
@@ -168,15 +166,10 @@ class Recorder:
                 execution.unsaved[:0] = unsaved
                 raise
             return
-        await self._summary(execution, finished_at, keyed=keyed, durable=False, steps=[])
-
-    async def _summary(self, execution: Execution, finished_at: float, *, keyed: bool, durable: bool,
-                       steps: list[Any]) -> None:
-        """Queue the end of `execution` for the summary writer. A summary: what ran, when, and how it ended, as
-        the store's own row (built now: the output is not held for the writer). Input (request headers and
-        bodies) would make it the largest cost of a `durable: false` request; it is kept only by durable
-        workflows and keyed rows (the next attempt of a failed message execution runs on it). A keyed
-        execution's caller waits for the row (`end_written`)."""
+        # A summary: what ran, when, and how it ended, as the store's own row (built now: the output is not
+        # held for the writer). Input (request headers and bodies) would make it the largest cost of a
+        # `durable: false` request; it is kept only by durable workflows and keyed rows (the next attempt of a
+        # failed message execution runs on it).
         now = time.time()
         try:
             row = self.store.summary_row(
