@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from workflow_engine.engine.engine import Engine
 from workflow_engine.errors import WorkflowEngineError
 from workflow_engine.observability.metrics import Metrics
 from workflow_engine.registry.builtins import default_registry
+from workflow_engine.runtime.execution import Execution
+from workflow_engine.runtime.recorder import Recorder
 from workflow_engine.store.base import Store
 from workflow_engine.store.factory import open_store_from_url
 from workflow_engine.store.records import ExecutionRecord, Status
@@ -547,3 +550,33 @@ async def test_durable_executions_still_queued_at_shutdown_are_released_not_canc
         assert execution.response is not None
         assert execution.response.status == 503
         assert execution.response.body["error"]["code"] == "interrupted"
+
+
+async def test_an_execution_with_no_row_yet_that_parks_is_written_then_parked_and_one_released_writes_nothing(
+        probe: Store) -> None:
+    """A message's first delivery (`unrecorded`): parking is a first write (the row, with the checkpoints
+    deferred so far, then parked); releasing one that has no row (shutdown) leaves the store untouched."""
+    recorder = Recorder(probe, "me", 30.0)
+
+    def first_delivery(execution_id: str) -> Execution:
+        execution = Execution(execution_id, "w", {"body": 1}, "message")
+        execution.idempotency_key, execution.key_presumed_new = f"bus:{execution_id}", True
+        return execution
+
+    parking = first_delivery("p1")
+    assert await recorder.create(parking, running=True, durable=True) is None
+    assert parking.unrecorded
+    assert await probe.get_execution("p1") is None
+    recorder.defer_step(parking, "pure", "success", {"v": 1}, time.time())
+    await recorder.park(parking, time.time() + 60, None, None)
+    record = await probe.get_execution("p1")
+    assert record is not None
+    assert (record.status, record.idempotency_key, record.input, record.durable) == (Status.PARKED, "bus:p1",
+                                                                                    {"body": 1}, True)
+    assert [(s.step_key, s.output) for s in await probe.load_steps("p1")] == [("pure", {"v": 1})]
+    assert not parking.unrecorded
+
+    interrupted = first_delivery("r1")
+    assert await recorder.create(interrupted, running=True, durable=True) is None
+    await recorder.release(interrupted)
+    assert await probe.get_execution("r1") is None
