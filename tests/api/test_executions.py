@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.api.conftest import Blocker, api_engine, poll_execution
-from tests.factories import CallCounter, sample, serve_app
+import orjson
+
+from tests.api.conftest import Blocker, api_engine, bearer, engine_yaml, poll_execution
+from tests.factories import CallCounter, app_yaml, executions, running_engine, sample, serve_app
 
 WORKFLOWS = """
 hello:
@@ -247,3 +249,22 @@ async def test_an_unreachable_store_answers_503_not_500() -> None:
         await api.engine.store.open()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "store_error"
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_holds_nothing() -> None:
+    """A client that sends its headers and part of a body, then stalls: answered 408 `body_timeout` once
+    `engine.management.body_timeout` has passed, and the connection is closed; no execution started."""
+    engine_config = engine_yaml().replace("{shutdown_grace", "{management: {body_timeout: 200ms}, shutdown_grace", 1)
+    async with running_engine(app_yaml("w:\n  steps:\n    - set: {a: 1}", engine=engine_config)) as engine:
+        assert engine.management is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", engine.management.port)
+        token = bearer("operator")["Authorization"]
+        writer.write(f"POST /api/workflows/w/executions HTTP/1.1\r\nHost: test\r\nAuthorization: {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\": ".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # all of it: the server closes the connection
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert orjson.loads(body)["error"]["code"] == "body_timeout"
+        assert executions(engine.metrics, "w", "success") == 0

@@ -40,6 +40,7 @@ def build_api(control: Control, guard: Guard, routers: tuple[APIRouter, ...] = R
                   redoc_url=None, routes=routes)
     api.state.control = control
     api.state.guard = guard
+    api.state.body_timeout = control.engine.app.engine.management.body_timeout
     install_error_handlers(api)
     return api
 

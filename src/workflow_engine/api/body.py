@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -9,19 +10,29 @@ from starlette.requests import Request
 
 from workflow_engine.errors import WorkflowEngineError
 
+# How long a client may take to send a body when the app does not say (`engine.management.body_timeout`).
+BODY_TIMEOUT = 30.0
+
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body; 413 when it is larger than `limit` bytes (checked while reading, not after)."""
+    """The whole body; 413 when it is larger than `limit` bytes (checked while reading, not after); 408 when
+    it has not all arrived within the app's `body_timeout` (a client that stalls holds nothing for long)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    timeout: float = getattr(request.app.state, "body_timeout", BODY_TIMEOUT)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise WorkflowEngineError(f"request body not received within {timeout:g}s", code="body_timeout",
+                                  http_status=408) from None
     return b"".join(chunks)
 
 

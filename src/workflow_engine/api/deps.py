@@ -51,6 +51,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _DESCRIPTIONS = {
     400: "Bad request.", 401: "Missing or invalid bearer token.", 403: "The token's role does not allow this.",
-    404: "Not found.", 409: "Conflict with the execution's status.", 413: "Body too large.",
+    404: "Not found.", 408: "The request body did not arrive within engine.management.body_timeout.",
+    409: "Conflict with the execution's status.", 413: "Body too large.",
     422: "Invalid parameters or body.", 503: "Not accepted now (queue full: see Retry-After; or shutting down).",
 }

@@ -42,6 +42,8 @@ async def _engine_error(_request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.http_status == 408:  # the rest of the body may still come: the connection cannot carry another request
+        headers["Connection"] = "close"
     status = exc.http_status if 400 <= exc.http_status <= 599 else 500
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
 

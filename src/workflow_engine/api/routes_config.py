@@ -47,7 +47,7 @@ async def get_config(control: ControlDep) -> dict[str, Any]:
 
 @router.post(
     "/config/validate", response_model=ValidationResult,
-    responses={**errors(400, 403, 413, 415),
+    responses={**errors(400, 403, 408, 413, 415),
                422: {"model": ValidationResult | ErrorResponse, "description": "Invalid config (or parameters)."}},
     dependencies=[Depends(require(Role.ADMIN, "validate configs"))], openapi_extra=_CONFIG_BODY,
     summary="Validate a config",
@@ -68,7 +68,7 @@ async def validate_config(
 
 @router.put(
     "/config", response_model=AppliedConfig,
-    responses={**errors(400, 403, 413, 415),
+    responses={**errors(400, 403, 408, 413, 415),
                422: {"model": ValidationResult | ErrorResponse, "description": "Invalid config; nothing changed."}},
     dependencies=[Depends(require(Role.ADMIN, "apply configs"))], openapi_extra=_CONFIG_BODY,
     summary="Apply a config without restart",

@@ -83,7 +83,7 @@ async def list_components(control: ControlDep) -> dict[str, Any]:
 
 
 @router.post("/dynamic/components", status_code=201, response_model=ComponentView,
-             responses={**errors(400, 403, 404, 409, 413)}, dependencies=[ADMIN_WRITE],
+             responses={**errors(400, 403, 404, 409, 408, 413)}, dependencies=[ADMIN_WRITE],
              summary="Upload the first source of a component")
 async def create_component(body: NewComponent, control: ControlDep) -> dict[str, Any]:
     """Upload a source for a configured dynamic.component module that has none uploaded yet (409 otherwise: PUT
@@ -99,7 +99,7 @@ async def get_component(name: str, control: ControlDep) -> dict[str, Any]:
 
 
 @router.put("/dynamic/components/{name}", response_model=ComponentView,
-            responses={**errors(400, 403, 404, 413, 415)}, dependencies=[ADMIN_WRITE],
+            responses={**errors(400, 403, 404, 408, 413, 415)}, dependencies=[ADMIN_WRITE],
             openapi_extra=_SOURCE_BODY, summary="Upload a component's source (create or replace)")
 async def put_component(name: str, request: Request, control: ControlDep) -> dict[str, Any]:
     """Replace the component's code without restart: the next call uses it, calls running finish on the old

@@ -31,7 +31,7 @@ _INPUT_BODY = {
 @router.post(
     "/workflows/{name}/executions", status_code=202, response_model=ExecutionSummary,
     responses={200: {"model": ExecutionSummary, "description": "Finished (with `wait=true`)."},
-               **errors(400, 403, 404, 413, 503)},
+               **errors(400, 403, 404, 408, 413, 503)},
     dependencies=[Depends(require(Role.OPERATOR, "start executions"))],
     openapi_extra=_INPUT_BODY, summary="Start an execution",
 )

@@ -25,6 +25,8 @@ class Strict(BaseModel):
 class ManagementConfig(Strict):
     address: str = Field("127.0.0.1:8081", description="HOST:PORT of the management server (health, metrics, API).")
     enabled: bool = Field(True, description="Serve the management server.")
+    body_timeout: Duration = Field(30.0, gt=0, description="How long an API client may take to send a request "
+                                   "body (then 408 `body_timeout`).")
 
 
 class RetentionConfig(Strict):
