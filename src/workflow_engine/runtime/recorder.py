@@ -45,8 +45,9 @@ _Entry = tuple[str, Any, "asyncio.Future[None] | None", list[Any]]
 
 
 class KeyTakenError(StoreError):
-    """The end of an execution recorded only at its end was not written: another execution of its workflow has
-    its idempotency key (a message delivered twice, both deliveries run)."""
+    """The first write of an execution not written before it ran (its end, or a durable one's first checkpoint)
+    was not written: another execution of its workflow has its idempotency key (a message delivered twice,
+    both deliveries run)."""
 
     code = "idempotency_key_taken"
     http_status = 409

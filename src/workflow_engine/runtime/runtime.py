@@ -369,10 +369,6 @@ class Runtime:
             elif execution.status is not ExecutionStatus.PARKED:
                 await self.recorder.release(execution)
                 _interrupted(execution)
-        except KeyTakenError as exc:  # an execution first written at its end: a duplicate delivery's, not run
-            execution.end_error = exc
-            log.warning("execution end not recorded: another execution has its idempotency key",
-                        execution_id=execution.id, workflow_type=execution.workflow)
         except Exception as exc:  # the store failed: say so loudly; the lease lets another replica finish it
             execution.end_error = exc
             log.error("execution end not recorded", execution_id=execution.id, workflow_type=execution.workflow,
