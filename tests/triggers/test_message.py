@@ -299,11 +299,12 @@ class _Writes:
      [("create", "running", ["nap"]), ("finish", "success", ["done"])]),
 ], ids=["replayable steps only: one write, at the end", "its first checkpoint inserts the row"])
 async def test_a_durable_first_delivery_is_written_by_its_first_write(
-        steps: str, writes: list[tuple[str, str, list[str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+        steps: str, writes: list[tuple[str, str, list[str]]], store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """No row before it runs (the broker keeps the message until its end is recorded): the first write inserts
     the row with the checkpoints so far, so a workflow of replayable steps commits once per message, its row
-    and checkpoints going through the summary writer (many messages' rows in one multi-row insert)."""
-    async with running_engine(_yaml(steps, workflow="durable: true")) as engine:
+    and checkpoints going through the summary writer (many messages' rows in one multi-row insert). On both
+    dialects (their writes take different paths: the writer process, asyncpg)."""
+    async with running_engine(_yaml(steps, workflow="durable: true"), store_url=store_url) as engine:
         bus, metrics = _bus(engine), engine.metrics
         recorded = _Writes(engine, monkeypatch)
         sent = await bus.publish("orders.created", {"n": 5})
@@ -318,13 +319,13 @@ async def test_a_durable_first_delivery_is_written_by_its_first_write(
         assert [s.step_key for s in await engine.store.load_steps(record.id)] == list(dict.fromkeys(keys))
 
 
-async def test_a_durable_first_delivery_whose_key_is_taken_stops_at_its_first_write() -> None:
+async def test_a_durable_first_delivery_whose_key_is_taken_stops_at_its_first_write(store_url: str) -> None:
     """The same message id again (count 1) after this process forgot it: its execution runs to its first
     write, finds the key taken, writes nothing and stops, cancelled, without its `on_error` steps; the message
     goes the redelivery way (the failed execution with the key is retried, and acks it). One row."""
     steps = "- id: nap\n  sleep: 10ms\n- id: done\n  set: {attempt: '{{ execution.attempt }}'}"
     workflow = "durable: true\non_error:\n  - id: cleanup\n    set: {cleaned: true}"
-    async with running_engine(_yaml(steps, workflow=workflow)) as engine:
+    async with running_engine(_yaml(steps, workflow=workflow), store_url=store_url) as engine:
         bus, metrics = _bus(engine), engine.metrics
         now = time.time()
         await engine.store.create_execution(ExecutionRecord(
