@@ -211,7 +211,9 @@ async def test_data_steps_run_as_plain_calls_keep_every_checkpoint(store_url: st
     assert {key: (s.status, s.output) for key, s in steps.items() if key != "bad"} == {
         "skip": ("skipped", None), "lines[0].double": ("success", {"v": 2}), "lines[1].double": ("success", {"v": 4}),
         "lines": ("success", [{"v": 2}, {"v": 4}]), "last": ("success", {"n": 1})}
-    assert (steps["bad"].status, steps["bad"].error["step"]) == ("error", "bad")  # type: ignore[index]
+    assert steps["bad"].status == "error"
+    assert steps["bad"].error is not None
+    assert steps["bad"].error["step"] == "bad"
     assert all(0 < s.started_at <= s.finished_at for s in steps.values())
 
 

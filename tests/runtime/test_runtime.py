@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -102,11 +103,11 @@ async def test_a_finished_execution_frees_its_slot_before_its_end_is_committed(
         real_finish, release = store.finish_execution, asyncio.Event()
         held: list[str] = []
 
-        async def held_finish(execution_id: str, *args: object, **kwargs: object) -> None:
+        async def held_finish(execution_id: str, *args: Any, **kwargs: Any) -> None:
             if not held:
                 held.append(execution_id)
                 await release.wait()
-            await real_finish(execution_id, *args, **kwargs)  # type: ignore[arg-type]
+            await real_finish(execution_id, *args, **kwargs)
 
         monkeypatch.setattr(store, "finish_execution", held_finish)
         first = await runtime.admit("w", {"n": 1}, trigger="manual")
@@ -120,7 +121,9 @@ async def test_a_finished_execution_frees_its_slot_before_its_end_is_committed(
         assert gauge(engine, "active_workflows", "w") == 0
         release.set()
         await wait_done(first)
-        assert (await store.get_execution(first.id)).status == "success"  # type: ignore[union-attr]
+        record = await store.get_execution(first.id)
+        assert record is not None
+        assert record.status == "success"
         assert executions(engine.metrics, "w", "success") == 2
 
 

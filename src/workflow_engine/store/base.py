@@ -89,7 +89,8 @@ class Store(ABC):
         (this default inserts those one by one, each with its checkpoints)."""
         plain = [row for row in rows if row.idempotency_key is None]
         await self.create_executions(plain)
-        await self.save_steps([step for step in steps if any(step.execution_id == row.id for row in plain)])
+        plain_ids = {row.id for row in plain}
+        await self.save_steps([step for step in steps if step.execution_id in plain_ids])
         taken: set[str] = set()
         for row in rows:
             if row.idempotency_key is not None and not (await self.create_execution(

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
@@ -637,12 +637,12 @@ def _insert_sqlite(conn: sa.Connection, rows: list[tuple[Any, ...]], *, skip_exi
                                           tuple(itertools.chain.from_iterable(chunk)))
             inserted += result.rowcount
             start += size
-    driver = conn.connection.driver_connection
+    driver = cast(sqlite3.Connection, conn.connection.driver_connection)  # a SQLite store's pysqlite connection
     # Some rows were skipped: keys taken, or (`skip_existing`) ids already there (a batch the child committed
     # before it failed), which are there.
-    skipped = set() if inserted == len(rows) else skipped_keyed_rows(driver, rows, _KEY_COLUMN)  # type: ignore[arg-type]
+    skipped = set() if inserted == len(rows) else skipped_keyed_rows(driver, rows, _KEY_COLUMN)
     if steps:
-        insert_steps(driver, _SQLITE_STEPS_INSERT, steps, skipped)  # type: ignore[arg-type]
+        insert_steps(driver, _SQLITE_STEPS_INSERT, steps, skipped)
     return skipped
 
 

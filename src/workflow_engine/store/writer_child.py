@@ -30,14 +30,18 @@ SKIP_TAKEN_KEYS = "ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key
 SKIP_SAVED_STEPS = "ON CONFLICT (execution_id, step_key) DO NOTHING"
 
 
+def _insert(table: str, columns: Sequence[str], conflict: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {conflict}"
+
+
 def insert_sql(columns: Sequence[str]) -> str:
     """The INSERT statement of one summary row, its values in `columns` order."""
-    return f"INSERT INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {SKIP_TAKEN_KEYS}"
+    return _insert("executions", columns, SKIP_TAKEN_KEYS)
 
 
 def insert_steps_sql(columns: Sequence[str]) -> str:
     """The INSERT statement of one checkpoint written with its execution's row, its values in `columns` order."""
-    return f"INSERT INTO steps ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {SKIP_SAVED_STEPS}"
+    return _insert("steps", columns, SKIP_SAVED_STEPS)
 
 
 def insert_steps(conn: sqlite3.Connection, statement: str, steps: Sequence[Sequence[Any]], skipped: set[str]) -> None:
